@@ -1,0 +1,76 @@
+"""segdl: fast, resumable, segmented downloads of large model files.
+
+The public API lives here; everything else is private to the package's layers:
+``segdl.core`` (pure logic), ``segdl.io`` (sockets, files, httpx), ``segdl.engine``
+(trio orchestration), and the shells ``segdl.cli``.
+"""
+
+from .api import DownloadHandle as DownloadHandle
+from .api import DownloadManager as DownloadManager
+from .api import DownloadState as DownloadState
+from .api import download as download
+from .api import download_model as download_model
+from .api import download_sync as download_sync
+from .api import open_manager as open_manager
+from .core.events import Cancelled as Cancelled
+from .core.events import Error as Error
+from .core.events import Event as Event
+from .core.events import Metadata as Metadata
+from .core.events import Progress as Progress
+from .core.events import Started as Started
+from .core.events import Success as Success
+from .core.headers import Checksum as Checksum
+from .core.headers import parse_checksum as parse_checksum
+from .engine.options import Options as Options
+from .engine.options import RetryPolicy as RetryPolicy
+from .errors import AuthError as AuthError
+from .errors import BadResponse as BadResponse
+from .errors import ChecksumMismatch as ChecksumMismatch
+from .errors import DiskError as DiskError
+from .errors import DiskFull as DiskFull
+from .errors import DownloadError as DownloadError
+from .errors import FileExists as FileExists
+from .errors import HTTPStatusError as HTTPStatusError
+from .errors import InvalidURL as InvalidURL
+from .errors import NetworkError as NetworkError
+from .errors import NotFound as NotFound
+from .errors import ResumeError as ResumeError
+from .errors import ServerBusy as ServerBusy
+from .errors import Timeout as Timeout
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthError",
+    "BadResponse",
+    "Cancelled",
+    "Checksum",
+    "ChecksumMismatch",
+    "DiskError",
+    "DiskFull",
+    "DownloadError",
+    "DownloadHandle",
+    "DownloadManager",
+    "DownloadState",
+    "Error",
+    "Event",
+    "FileExists",
+    "HTTPStatusError",
+    "InvalidURL",
+    "Metadata",
+    "NetworkError",
+    "NotFound",
+    "Options",
+    "Progress",
+    "ResumeError",
+    "RetryPolicy",
+    "ServerBusy",
+    "Started",
+    "Success",
+    "Timeout",
+    "download",
+    "download_model",
+    "download_sync",
+    "open_manager",
+    "parse_checksum",
+]

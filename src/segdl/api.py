@@ -1,0 +1,305 @@
+"""The library API: ``await download(…)`` for trio programs, ``download_sync`` for scripts,
+``open_manager`` for many downloads at once, and the seed system's ``download_model``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from enum import Enum
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+
+from .core.events import Cancelled, Error, Event, Success
+from .core.headers import choose_filename, sanitize_filename
+from .engine.native import EventSink, download_to_path
+from .engine.options import Options
+from .errors import DownloadError, InvalidURL
+from .io.dataplane import RemoteChanged
+from .io.files import check_writable_dir, remove_sidecars
+from .io.probe import ProbeResult, check_url, probe
+from .io.tls import client_context
+
+__all__ = [
+    "DownloadHandle",
+    "DownloadManager",
+    "DownloadState",
+    "download",
+    "download_model",
+    "download_sync",
+    "open_manager",
+]
+
+ENGINES = ("native", "single", "aria2c")
+# A file that changes under us twice in a row is being rewritten: stop rather than loop.
+MAX_RESTARTS = 2
+
+
+def _no_events(event: Event) -> None:
+    pass
+
+
+async def _probe_first(
+    urls: Sequence[str], options: Options
+) -> ProbeResult:
+    """Probe the URLs in order; the first that answers is used (the others are mirrors)."""
+    timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
+    verify = client_context(options.ca_certificate)
+    error: DownloadError | None = None
+    async with httpx.AsyncClient(verify=verify, timeout=timeout, trust_env=False) as client:
+        for url in urls:
+            try:
+                return await probe(client, url, headers=options.headers, now=_wall_clock())
+            except DownloadError as exc:
+                error = error or exc
+    assert error is not None
+    raise error
+
+
+def _wall_clock() -> float:
+    return time.time()
+
+
+async def download(
+    url: str | Sequence[str],
+    directory: str | os.PathLike[str] = ".",
+    *,
+    out: str | None = None,
+    options: Options | None = None,
+    engine: str = "native",
+    on_event: EventSink | None = None,
+) -> Success:
+    """Download one file into *directory* and return its :class:`Success` event.
+
+    Args:
+        url: the file's URL, or several URLs of the same file (tried in order).
+        directory: where the file goes (created if missing).
+        out: the file name; by default from Content-Disposition, then the URL.
+        options: connections, split, resume and checksum settings (:class:`Options`).
+        engine: ``"native"`` (segmented), ``"single"`` (one connection).
+        on_event: called with every :mod:`segdl.events` event, from the trio thread.
+
+    Raises:
+        DownloadError: or one of its subclasses (see :mod:`segdl.errors`); the partial file
+            and its control file are kept so a later call resumes.
+    """
+    emit = on_event or _no_events
+    urls = [url] if isinstance(url, str) else list(url)
+    options = options or Options()
+    try:
+        if not urls:
+            raise InvalidURL("no URL given")
+        for u in urls:
+            check_url(u)
+        if engine not in ENGINES:
+            raise DownloadError(f"unknown engine {engine!r}: choose native, single or aria2c")
+        if engine == "aria2c":
+            raise DownloadError("the aria2c engine is not available in this version of segdl")
+        if engine == "single":
+            options = replace(options, connections=1, split=1)
+        target_dir = Path(directory)
+        await trio.to_thread.run_sync(check_writable_dir, target_dir)
+        for attempt in itertools.count():
+            probed = await _probe_first(urls, options)
+            if out:
+                name = sanitize_filename(out)
+            else:
+                name = choose_filename(probed.content_disposition, urls[0])
+            path = target_dir / name
+            try:
+                result = await download_to_path(probed, path, options, emit)
+            except RemoteChanged:
+                if attempt >= MAX_RESTARTS:
+                    raise
+                # Never mix two versions: drop the partial and start over from a new probe.
+                await trio.to_thread.run_sync(remove_sidecars, path)
+                await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+                continue
+            emit(result)
+            return result
+        raise AssertionError("unreachable")
+    except DownloadError as exc:
+        emit(Error(message=str(exc), code=exc.exit_code))
+        raise
+    except trio.Cancelled:
+        emit(Cancelled())
+        raise
+
+
+def download_sync(
+    url: str | Sequence[str],
+    directory: str | os.PathLike[str] = ".",
+    *,
+    out: str | None = None,
+    options: Options | None = None,
+    engine: str = "native",
+    on_event: EventSink | None = None,
+) -> Success:
+    """:func:`download` for code that is not running trio: blocks until done."""
+    return trio.run(
+        partial(download, url, directory, out=out, options=options, engine=engine, on_event=on_event)
+    )
+
+
+# -- many downloads ----------------------------------------------------------------------
+
+
+class DownloadState(Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class DownloadHandle:
+    """One download submitted to a :class:`DownloadManager`."""
+
+    def __init__(self, id: int, url: str | Sequence[str]) -> None:
+        self.id = id
+        self.url = url
+        self.state = DownloadState.QUEUED
+        self.result: Success | None = None
+        self.error: DownloadError | None = None
+        self.last_event: Event | None = None
+        self._scope = trio.CancelScope()
+        self._finished = trio.Event()
+
+    def cancel(self) -> None:
+        """Stop the download; its partial file and control file stay for a later resume."""
+        self._scope.cancel()
+
+    async def wait(self) -> Success:
+        """Wait for the end; return the result or raise its error (Cancelled → DownloadError)."""
+        await self._finished.wait()
+        if self.result is not None:
+            return self.result
+        if self.error is not None:
+            raise self.error
+        raise DownloadError("download cancelled")
+
+
+class DownloadManager:
+    """Runs submitted downloads, at most ``max_concurrent`` at a time, in one nursery."""
+
+    def __init__(self, nursery: trio.Nursery, *, max_concurrent: int = 5) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        self._nursery = nursery
+        self._slots = trio.CapacityLimiter(max_concurrent)
+        self._ids = itertools.count(1)
+        self.downloads: dict[int, DownloadHandle] = {}
+
+    def submit(
+        self,
+        url: str | Sequence[str],
+        directory: str | os.PathLike[str] = ".",
+        *,
+        out: str | None = None,
+        options: Options | None = None,
+        engine: str = "native",
+        on_event: EventSink | None = None,
+    ) -> DownloadHandle:
+        handle = DownloadHandle(next(self._ids), url)
+        self.downloads[handle.id] = handle
+
+        def emit(event: Event) -> None:
+            handle.last_event = event
+            if on_event is not None:
+                on_event(event)
+
+        self._nursery.start_soon(
+            self._run, handle, partial(download, url, directory, out=out, options=options,
+                                       engine=engine, on_event=emit)
+        )
+        return handle
+
+    async def _run(self, handle: DownloadHandle, job: Callable[[], object]) -> None:
+        try:
+            with handle._scope:
+                async with self._slots:
+                    handle.state = DownloadState.RUNNING
+                    handle.result = await job()  # type: ignore[misc]
+                    handle.state = DownloadState.DONE
+        except DownloadError as exc:
+            handle.error = exc
+            handle.state = DownloadState.FAILED
+        finally:
+            if handle.state in (DownloadState.QUEUED, DownloadState.RUNNING):
+                handle.state = DownloadState.CANCELLED
+            handle._finished.set()
+
+    async def wait_all(self) -> list[DownloadHandle]:
+        for handle in list(self.downloads.values()):
+            await handle._finished.wait()
+        return list(self.downloads.values())
+
+
+@asynccontextmanager
+async def open_manager(*, max_concurrent: int = 5) -> AsyncIterator[DownloadManager]:
+    """A :class:`DownloadManager` whose downloads end (or are waited for) with the block."""
+    async with trio.open_nursery() as nursery:
+        yield DownloadManager(nursery, max_concurrent=max_concurrent)
+
+
+# -- the seed system's call --------------------------------------------------------------
+
+_TOKEN_HOSTS = {
+    "civitai": ("SEGDL_CIVITAI_URL", "https://civitai.com"),
+    "hf": ("HF_ENDPOINT", "https://huggingface.co"),
+}
+
+
+def _host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def _token_headers(url: str, civitai_token: str | None, hf_token: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` for the site the URL belongs to, and only that site."""
+    host = _host_of(url)
+    for site, token in (("civitai", civitai_token), ("hf", hf_token)):
+        if not token:
+            continue
+        env, default = _TOKEN_HOSTS[site]
+        base = _host_of(os.environ.get(env) or default)
+        if host == base or host.endswith("." + base):
+            return {"Authorization": f"Bearer {token}"}
+    return {}
+
+
+def download_model(
+    url: str,
+    model_type: str,
+    folder: str | os.PathLike[str],
+    progress_callback: Callable[[dict[str, object]], None] | None = None,
+    civitai_token: str | None = None,
+    hf_token: str | None = None,
+) -> str:
+    """The seed system's ``download_model``: download *url* into *folder*, return the path.
+
+    *progress_callback* receives each event as a dict with a ``status`` key
+    (``started``, ``progress``, ``success``, ``error``, …) besides the event's fields.
+    *model_type* is recorded in the events; the folder is the caller's choice.
+    """
+    civitai_token = civitai_token or os.environ.get("CIVITAI_TOKEN")
+    hf_token = hf_token or os.environ.get("HF_TOKEN")
+    options = Options(headers=_token_headers(url, civitai_token, hf_token))
+
+    def emit(event: Event) -> None:
+        if progress_callback is not None:
+            data = event.to_dict()
+            data["status"] = data["type"]
+            data["model_type"] = model_type
+            progress_callback(data)
+
+    result = download_sync(url, folder, options=options, on_event=emit)
+    return result.path
+

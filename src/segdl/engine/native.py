@@ -1,0 +1,553 @@
+"""The native engine: up to 16 range connections into one preallocated file, on trio.
+
+Structure: one nursery per file holds a worker task per connection, a progress task and a
+save task.  A worker loops: claim a range from the piece map (:mod:`segdl.core.pieces`),
+fetch it in a worker thread (:mod:`segdl.io.dataplane`), release it.  The piece map is pure
+and not thread-safe, so :class:`_Ledger` guards it with one lock; threads touch it once per
+written buffer (1 MiB), never per recv.
+
+Cancellation: a thread blocked in ``recv`` cannot see trio's cancel, so every fetch runs
+beside a watcher task that aborts the connection (shuts the socket down) when the scope is
+cancelled; the thread returns at once and the state is saved under a shielded, bounded scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from ..core.controlfile import ControlFile, ControlFileError, InFlightPiece, bitfield_indices, make_bitfield
+from ..core.events import Event, Progress, Started, Success
+from ..core.pieces import Assignment, PieceMap
+from ..core.progress import MIB, RateMeter
+from ..errors import (
+    AuthError,
+    BadResponse,
+    ChecksumMismatch,
+    DownloadError,
+    FileExists,
+    HTTPStatusError,
+    NetworkError,
+    NotFound,
+    ResumeError,
+    redact_url,
+)
+from ..io import files
+from ..io.dataplane import Connection, Endpoint, RemoteChanged, ResponseHead
+from ..io.probe import ProbeResult
+from ..io.tls import client_context
+from .options import Options
+
+__all__ = ["EventSink", "download_to_path"]
+
+EventSink = Callable[[Event], None]
+
+# How long cleanup (closing, saving the control file) may take once cancelled.
+CLEANUP_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class _Ledger:
+    """The piece map behind one lock, shared by the trio tasks and the worker threads."""
+
+    pieces: PieceMap
+    lock: threading.Lock
+
+    def claim(self, min_split: int) -> Assignment | None:
+        with self.lock:
+            return self.pieces.claim(min_split)
+
+    def release(self, assignment_id: int) -> None:
+        with self.lock:
+            self.pieces.release(assignment_id)
+
+    def committer(self, assignment_id: int, chunk: int) -> Callable[[int], int]:
+        def commit(nbytes: int) -> int:
+            with self.lock:
+                return self.pieces.commit(assignment_id, nbytes, chunk)
+
+        return commit
+
+    def counters(self) -> tuple[int, int]:
+        with self.lock:
+            return self.pieces.downloaded, len(self.pieces.active)
+
+    def control(self) -> ControlFile:
+        with self.lock:
+            return control_from_pieces(self.pieces)
+
+
+def control_from_pieces(pieces: PieceMap) -> ControlFile:
+    """aria2's control file for the current state: done pieces and partial pieces' blocks."""
+    in_flight = tuple(
+        InFlightPiece.from_prefix(index, pieces.piece_size(index), nbytes)
+        for index, nbytes in sorted(pieces.partial_pieces().items())
+    )
+    return ControlFile(
+        piece_length=pieces.piece_length,
+        total_length=pieces.total_length,
+        bitfield=make_bitfield(pieces.num_pieces, pieces.done_indices()),
+        # aria2 rejects in-flight entries with no completed block; they carry nothing.
+        in_flight=tuple(p for p in in_flight if p.completed_prefix() > 0),
+    )
+
+
+def pieces_from_control(control: ControlFile) -> PieceMap:
+    return PieceMap(
+        control.total_length,
+        control.piece_length,
+        done=bitfield_indices(control.bitfield, control.num_pieces),
+        partial={p.index: p.completed_prefix() for p in control.in_flight},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """How the file is opened: a piece map to continue, or nothing left to do."""
+
+    pieces: PieceMap | None  # None: stream without ranges
+    complete: bool
+    resumed_bytes: int
+
+
+def _prepare(path: Path, probe: ProbeResult, options: Options) -> _Start:
+    """Decide between resume, continue, restart and done, as aria2 does (anchors §1.4).
+
+    Synchronous (file system); run in a thread.
+    """
+    size = probe.size
+    current = files.Validators(
+        url=redact_url(probe.url), size=size, etag=probe.etag, last_modified=probe.last_modified
+    )
+    try:
+        control = files.read_control(path)
+    except ControlFileError:
+        # A corrupt sidecar says nothing trustworthy about the data: start again.
+        control = None
+        files.remove_sidecars(path)
+        if path.exists():
+            return _fresh(path, probe, options, current)
+    exists = path.exists()
+    if control is not None and not exists:
+        files.remove_sidecars(path)  # defunct control file (aria2: removeDefunctControlFile)
+        control = None
+    if control is not None:
+        saved = files.read_validators(path)
+        usable = (
+            size is not None
+            and probe.accepts_ranges
+            and control.total_length == size
+            and (saved is None or saved.matches(current))
+        )
+        if not usable:
+            return _fresh(path, probe, options, current)
+        pieces = pieces_from_control(control)
+        files.write_validators(path, current)
+        fd = files.open_data_file(path, size, truncate=False)
+        os.close(fd)
+        return _Start(pieces, complete=pieces.complete, resumed_bytes=pieces.downloaded)
+    if exists:
+        have = path.stat().st_size
+        if size is not None and have == size:
+            return _Start(None, complete=True, resumed_bytes=have)
+        if options.continue_partial and size is not None and probe.accepts_ranges:
+            if have > size:
+                raise ResumeError(
+                    f"{path} is larger ({have} bytes) than the remote file ({size} bytes)"
+                )
+            # aria2 -c: the existing bytes are taken as a prefix, unverified.
+            pieces = PieceMap(
+                size,
+                options.piece_length,
+                done=range(have // options.piece_length),
+                partial={have // options.piece_length: have % options.piece_length}
+                if have % options.piece_length and have // options.piece_length < -(-size // options.piece_length)
+                else {},
+            )
+            files.write_validators(path, current)
+            fd = files.open_data_file(path, size, truncate=False)
+            os.close(fd)
+            files.write_control(path, control_from_pieces(pieces))
+            return _Start(pieces, complete=pieces.complete, resumed_bytes=pieces.downloaded)
+        if not options.allow_overwrite and not options.continue_partial:
+            raise FileExists(
+                f"{path} already exists; use -c to continue it or --allow-overwrite to replace it"
+            )
+    return _fresh(path, probe, options, current)
+
+
+def _fresh(path: Path, probe: ProbeResult, options: Options, current: files.Validators) -> _Start:
+    size = probe.size
+    files.remove_sidecars(path)
+    if size is not None:
+        files.check_free_space(path.parent, size - _existing_size(path))
+    fd = files.open_data_file(path, size, truncate=True)
+    os.close(fd)
+    if size is None or not probe.accepts_ranges:
+        # aria2 writes no control file when the server cannot resume.
+        return _Start(None, complete=False, resumed_bytes=0)
+    pieces = PieceMap(size, options.piece_length)
+    files.write_validators(path, current)
+    files.write_control(path, control_from_pieces(pieces))
+    return _Start(pieces, complete=pieces.complete, resumed_bytes=0)
+
+
+def _existing_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _retryable(exc: DownloadError) -> bool:
+    if isinstance(exc, (NotFound, AuthError, RemoteChanged)):
+        return False
+    if isinstance(exc, HTTPStatusError):
+        return exc.status >= 500 or exc.status in (408, 429)
+    return isinstance(exc, (NetworkError, BadResponse))
+
+
+class _FileDownload:
+    """One file's download: the nursery, the workers, progress and saving."""
+
+    def __init__(
+        self,
+        probe: ProbeResult,
+        path: Path,
+        options: Options,
+        emit: EventSink,
+        start: _Start,
+    ) -> None:
+        self.probe = probe
+        self.path = path
+        self.options = options
+        self.emit = emit
+        self.endpoint = Endpoint.from_url(probe.url)
+        self.ssl_context = (
+            client_context(options.ca_certificate) if self.endpoint.scheme == "https" else None
+        )
+        self.start = start
+        self.fd = -1
+        self.fatal: DownloadError | None = None
+        self.changed = trio.Event()
+        self.limiter = trio.CapacityLimiter(options.max_connections)
+        self.rng = random.Random()
+        self.ledger: _Ledger | None = (
+            _Ledger(start.pieces, threading.Lock()) if start.pieces is not None else None
+        )
+        self.streamed = 0  # bytes of a no-range stream
+        self.stream_connections = 0
+
+    # -- the whole file ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.fd = await trio.to_thread.run_sync(self._open)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._progress_loop)
+                if self.ledger is not None:
+                    nursery.start_soon(self._save_loop)
+                    async with trio.open_nursery() as workers:
+                        for _ in range(self.options.max_connections):
+                            workers.start_soon(self._worker, workers.cancel_scope)
+                else:
+                    await self._stream_whole()
+                nursery.cancel_scope.cancel()
+            if self.fatal is not None:
+                raise self.fatal
+            if self.ledger is not None and not self.ledger.pieces.complete:
+                raise NetworkError("download stopped before the file was complete", url=self.probe.url)
+            await trio.to_thread.run_sync(files.fsync_file, self.fd)
+            self._emit_progress_final()
+        finally:
+            with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                await trio.to_thread.run_sync(self._close_and_save)
+
+    def _open(self) -> int:
+        return files.open_data_file(self.path, None, truncate=False)
+
+    def _close_and_save(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return
+        try:
+            if self.ledger is not None and not self.ledger.pieces.complete:
+                self._save(fd)
+        finally:
+            os.close(fd)
+
+    def _save(self, fd: int, previous: bytes | None = None) -> bytes:
+        # Snapshot first, then make the data durable, then write the state that claims it:
+        # every byte the snapshot counts was written before the snapshot was taken.
+        assert self.ledger is not None
+        control = self.ledger.control()
+        encoded = control.encode()
+        if encoded != previous:
+            files.fsync_file(fd)
+            files.write_control(self.path, control)
+        return encoded
+
+    async def _save_loop(self) -> None:
+        previous: bytes | None = None
+        while True:
+            await trio.sleep(self.options.save_interval)
+            previous = await trio.to_thread.run_sync(self._save, self.fd, previous)
+
+    async def _progress_loop(self) -> None:
+        meter = RateMeter(
+            total=self.probe.size, start_bytes=self.start.resumed_bytes, now=trio.current_time()
+        )
+        while True:
+            await trio.sleep(self.options.progress_interval)
+            downloaded, active = self._counters()
+            snap = meter.sample(downloaded, trio.current_time())
+            self.emit(
+                Progress(
+                    progress=snap.fraction,
+                    rate=snap.rate / MIB,
+                    eta=snap.eta,
+                    downloaded=downloaded,
+                    total=self.probe.size,
+                    connections=active,
+                )
+            )
+
+    def _counters(self) -> tuple[int, int]:
+        if self.ledger is not None:
+            return self.ledger.counters()
+        return self.streamed, self.stream_connections
+
+    def _emit_progress_final(self) -> None:
+        downloaded, _ = self._counters()
+        self.emit(
+            Progress(
+                progress=1.0,
+                rate=0.0,
+                eta=0.0,
+                downloaded=downloaded,
+                total=self.probe.size if self.probe.size is not None else downloaded,
+                connections=0,
+            )
+        )
+
+    # -- segmented workers ---------------------------------------------------------------
+
+    async def _worker(self, workers: trio.CancelScope) -> None:
+        assert self.ledger is not None
+        ledger = self.ledger
+        policy = self.options.retry
+        conn = self._new_connection()
+        failures = 0
+        try:
+            while True:
+                assignment = ledger.claim(self.options.min_split_size)
+                if assignment is None:
+                    _, active = ledger.counters()
+                    if active == 0:
+                        return
+                    # Someone is still working: their range comes back here if they fail.
+                    await self.changed.wait()
+                    continue
+                before = assignment.position
+                try:
+                    if conn.aborted:
+                        conn = self._new_connection()
+                    await self._in_thread(conn, self._fetch_range, conn, assignment)
+                    failures = 0
+                    continue
+                except DownloadError as exc:
+                    conn.close()
+                    if assignment.position > before:
+                        failures = 0  # it was making progress: a fresh run of tries
+                    failures += 1
+                    if not _retryable(exc) or failures >= policy.max_tries:
+                        self._fail(exc, workers)
+                        return
+                    retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
+                finally:
+                    ledger.release(assignment.id)
+                    self._notify()
+                await trio.sleep(policy.delay(failures, retry_after=retry_after, rand=self.rng.random()))
+        finally:
+            conn.close()
+
+    def _fail(self, exc: DownloadError, workers: trio.CancelScope) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        workers.cancel()
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _new_connection(self) -> Connection:
+        return Connection(
+            self.endpoint,
+            ssl_context=self.ssl_context,
+            connect_timeout=self.options.connect_timeout,
+            read_timeout=self.options.read_timeout,
+            buffer_size=self.options.buffer_size,
+        )
+
+    async def _in_thread(
+        self, conn: Connection, fn: Callable[..., int], *args: object
+    ) -> int:
+        """Run a blocking fetch in a thread; cancellation aborts its connection."""
+        finished = False
+
+        async def abort_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                if not finished:
+                    conn.abort()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(abort_when_cancelled)
+            try:
+                return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            finally:
+                finished = True
+                nursery.cancel_scope.cancel()
+
+    def _fetch_range(self, conn: Connection, a: Assignment) -> int:
+        """Thread: fetch the assignment's bytes into the file."""
+        assert self.ledger is not None
+        first, last = a.position, a.end - 1
+        if first > last:
+            return 0
+        head = conn.request(headers=self.probe.headers, first=first, last=last)
+        self._check_range_response(head, first, last)
+        commit = self.ledger.committer(a.id, self.options.buffer_size)
+        return conn.stream_into_file(self.fd, first, commit)
+
+    def _check_range_response(self, head: ResponseHead, first: int, last: int) -> None:
+        url = self.probe.url
+        host = self.endpoint.host_header
+        etag = head.etag
+        if self.probe.etag and etag and etag.removeprefix("W/") != self.probe.etag.removeprefix("W/"):
+            raise RemoteChanged(f"the file on {host} changed during the download (new ETag)", url=url)
+        if head.status != 206:
+            raise BadResponse(
+                f"{host} answered a range request with HTTP {head.status} instead of 206", url=url
+            )
+        rng = head.content_range
+        if rng is None:
+            raise BadResponse(f"{host} sent 206 without Content-Range", url=url)
+        if rng.complete_length is not None and rng.complete_length != self.probe.size:
+            raise RemoteChanged(
+                f"the file on {host} changed size ({rng.complete_length} bytes, expected {self.probe.size})",
+                url=url,
+            )
+        if (rng.first, rng.last) != (first, last):
+            raise BadResponse(
+                f"{host} sent bytes {rng.first}-{rng.last} for a request of {first}-{last}", url=url
+            )
+        if head.content_length is not None and head.content_length != last - first + 1:
+            raise BadResponse(
+                f"{host} sent Content-Length {head.content_length} for {last - first + 1} bytes",
+                url=url,
+            )
+
+    # -- one stream, no ranges -----------------------------------------------------------
+
+    async def _stream_whole(self) -> None:
+        """A server without ranges or length: one GET, start to end, no resume possible."""
+        policy = self.options.retry
+        failures = 0
+        while True:
+            conn = self._new_connection()
+            self.stream_connections = 1
+            try:
+                await self._in_thread(conn, self._fetch_whole, conn)
+                return
+            except DownloadError as exc:
+                failures += 1
+                if not _retryable(exc) or failures >= policy.max_tries:
+                    raise
+                retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
+                await trio.sleep(policy.delay(failures, retry_after=retry_after, rand=self.rng.random()))
+            finally:
+                self.stream_connections = 0
+                conn.close()
+
+    def _fetch_whole(self, conn: Connection) -> int:
+        self.streamed = 0
+        os.ftruncate(self.fd, 0)
+        head = conn.request(headers=self.probe.headers)
+        if head.status != 200:
+            raise BadResponse(f"expected HTTP 200, got {head.status}", url=self.probe.url)
+        size = self.probe.size
+        if size is not None and head.content_length is not None and head.content_length != size:
+            raise RemoteChanged("the file changed size since it was probed", url=self.probe.url)
+        chunk = self.options.buffer_size
+
+        def commit(nbytes: int) -> int:
+            self.streamed += nbytes
+            return chunk
+
+        written = conn.stream_into_file(self.fd, 0, commit, until_eof=head.content_length is None)
+        if size is not None and written != size:
+            raise NetworkError(
+                f"got {written} bytes of {size} before the connection ended", url=self.probe.url
+            )
+        return written
+
+
+async def download_to_path(
+    probe: ProbeResult, path: Path, options: Options, emit: EventSink
+) -> Success:
+    """Download what *probe* describes into *path*, resuming what can be resumed.
+
+    Raises a :class:`~segdl.errors.DownloadError`; :class:`RemoteChanged` means the server's
+    file is not the one the partial came from (the caller restarts after a new probe).
+    """
+    start = await trio.to_thread.run_sync(_prepare, path, probe, options)
+    emit(Started(filename=path.name, size=probe.size, path=str(path)))
+    if not start.complete:
+        download = _FileDownload(probe, path, options, emit, start)
+        await download.run()
+    else:
+        emit(
+            Progress(
+                progress=1.0,
+                rate=0.0,
+                eta=0.0,
+                downloaded=start.resumed_bytes,
+                total=start.resumed_bytes,
+                connections=0,
+            )
+        )
+    digest = None
+    if options.checksum is not None or options.compute_sha256:
+        algorithm = options.checksum.algorithm if options.checksum else "sha256"
+        digest = await trio.to_thread.run_sync(_hash_file, path, algorithm)
+        if options.checksum is not None and digest != options.checksum.hexdigest:
+            raise ChecksumMismatch(
+                f"checksum mismatch for {path.name}: expected {options.checksum.algorithm} "
+                f"{options.checksum.hexdigest}, got {digest}",
+                url=probe.url,
+            )
+        if algorithm != "sha256":
+            digest = None
+    await trio.to_thread.run_sync(files.remove_sidecars, path)
+    size = await trio.to_thread.run_sync(lambda: path.stat().st_size)
+    return Success(path=str(path), size=size, sha256=digest)
+
+
+def _hash_file(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    buf = bytearray(4 * MIB)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+

@@ -1,0 +1,170 @@
+"""The one exception tree users catch.
+
+    DownloadError                     anything that stopped a download (exit 1)
+    ├── InvalidURL                    not an http(s) URL we can fetch (exit 1)
+    ├── NetworkError                  connect/read failed, reset, DNS (exit 6)
+    │   └── Timeout                   connect or idle timeout (exit 2)
+    ├── HTTPStatusError               the server answered with an error status (exit 22)
+    │   ├── NotFound                  404 / 410 (exit 3)
+    │   ├── AuthError                 401 / 403 (exit 24)
+    │   └── ServerBusy                503 / 429 after all retries (exit 29)
+    ├── BadResponse                   malformed or inconsistent answer: wrong Content-Range,
+    │                                 short body, size disagreeing with the plan (exit 22)
+    ├── ResumeError                   the partial file cannot be continued safely (exit 8)
+    ├── FileExists                    the target exists and may not be replaced (exit 13)
+    ├── DiskError                     could not create/write/allocate the file (exit 17)
+    │   └── DiskFull                  ENOSPC, or not enough free space for the size (exit 9)
+    └── ChecksumMismatch              the finished file has the wrong digest (exit 32)
+
+Every exception carries ``exit_code`` (aria2c's table, see reference/anchors.md §1.11) and
+``url`` when one is known.  Lower layers translate foreign exceptions (OSError, ssl, h11,
+httpx) into this tree at one seam each, with ``raise … from exc``.  Messages never contain
+credentials: URLs are passed through :func:`redact_url` before they are formatted.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "AuthError",
+    "BadResponse",
+    "ChecksumMismatch",
+    "DiskError",
+    "DiskFull",
+    "DownloadError",
+    "FileExists",
+    "HTTPStatusError",
+    "InvalidURL",
+    "NetworkError",
+    "NotFound",
+    "ResumeError",
+    "ServerBusy",
+    "Timeout",
+    "redact_url",
+]
+
+
+def redact_url(url: str) -> str:
+    """Return *url* without userinfo and without its query string.
+
+    Query strings of signed storage URLs (CivitAI's R2, S3) are credentials, so they never
+    reach a message or a log.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    query = "…" if parts.query else ""
+    return urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+class DownloadError(Exception):
+    """Base class of every error segdl raises for a failed download."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep exceptions picklable/copyable despite the keyword-only argument.
+        return (_rebuild, (type(self), self.message, self.url, self.__dict__))
+
+
+def _rebuild(
+    cls: type[DownloadError], message: str, url: str | None, state: dict[str, object]
+) -> DownloadError:
+    exc = cls.__new__(cls)
+    DownloadError.__init__(exc, message, url=url)
+    exc.__dict__.update(state)
+    return exc
+
+
+class InvalidURL(DownloadError):
+    exit_code = 1
+
+
+class NetworkError(DownloadError):
+    exit_code = 6
+
+
+class Timeout(NetworkError):
+    exit_code = 2
+
+
+class HTTPStatusError(DownloadError):
+    exit_code = 22
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int = 0,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class NotFound(HTTPStatusError):
+    exit_code = 3
+
+
+class AuthError(HTTPStatusError):
+    exit_code = 24
+
+
+class ServerBusy(HTTPStatusError):
+    exit_code = 29
+
+
+class BadResponse(DownloadError):
+    exit_code = 22
+
+
+class ResumeError(DownloadError):
+    exit_code = 8
+
+
+class FileExists(DownloadError):
+    exit_code = 13
+
+
+class DiskError(DownloadError):
+    exit_code = 17
+
+
+class DiskFull(DiskError):
+    exit_code = 9
+
+
+class ChecksumMismatch(DownloadError):
+    exit_code = 32
+
+
+def status_error(status: int, reason: str, *, url: str, retry_after: float | None = None) -> HTTPStatusError:
+    """Build the right :class:`HTTPStatusError` subclass for an error status."""
+    where = redact_url(url)
+    message = f"HTTP {status} {reason} from {where}".rstrip()
+    cls: type[HTTPStatusError]
+    if status in (404, 410):
+        cls = NotFound
+    elif status in (401, 403):
+        cls = AuthError
+        message += " (authentication failed or a token is required)"
+    elif status in (429, 503):
+        cls = ServerBusy
+    else:
+        cls = HTTPStatusError
+    return cls(message, url=url, status=status, retry_after=retry_after)

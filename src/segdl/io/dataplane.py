@@ -1,0 +1,501 @@
+"""The data plane: one HTTP/1.1 connection fetching byte ranges straight into a file.
+
+Why blocking sockets in worker threads, not trio streams or httpx: measured on the target
+machine (DESIGN.md "The data plane must be fast"), httpx streaming on trio runs at a quarter of
+the wire speed and trio's SSLStream at a third; the cost is Python work per chunk.  Here the
+response head is parsed by h11, and the body goes socket → one reused buffer → ``os.pwrite``
+with no Python object per chunk but the loop counter: ``recv_into`` a memoryview slice (with
+``MSG_WAITALL`` on plain sockets, so one syscall fills the whole buffer) and one large
+positional write per buffer.
+
+Everything here runs in a worker thread and blocks.  :meth:`Connection.abort` may be called
+from any thread: it shuts the socket down, which wakes a blocked ``recv``; that is how trio
+cancellation reaches a connection.
+
+Idle timeouts use ``SO_RCVTIMEO`` rather than Python's socket timeout, because a Python
+timeout puts the socket in non-blocking mode, which defeats ``MSG_WAITALL``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+
+from ..core.headers import (
+    ContentRange,
+    HeaderError,
+    format_range,
+    parse_content_range,
+    parse_retry_after,
+)
+from ..errors import (
+    BadResponse,
+    DiskError,
+    DiskFull,
+    DownloadError,
+    InvalidURL,
+    NetworkError,
+    Timeout,
+    redact_url,
+    status_error,
+)
+
+__all__ = ["Connection", "Endpoint", "ResponseHead", "RemoteChanged"]
+
+USER_AGENT = "segdl/0.1"
+_HEAD_LIMIT = 64 * 1024
+
+
+class RemoteChanged(BadResponse):
+    """The server now serves a different version of the file (ETag/size changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a URL's bytes come from: scheme, host, port and request target."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    target: str
+
+    @classmethod
+    def from_url(cls, url: str) -> Endpoint:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidURL(f"invalid URL: {redact_url(url)}", url=url) from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidURL(f"unsupported URL: {redact_url(url)}", url=url)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        default = 443 if parts.scheme == "https" else 80
+        return cls(url, parts.scheme, parts.hostname, port or default, target)
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    status: int
+    reason: str
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    content_length: int | None
+    content_range: ContentRange | None
+    chunked: bool
+    keep_alive: bool
+
+    @property
+    def etag(self) -> str | None:
+        return self.headers.get("etag")
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection to an endpoint; not shared between threads,
+    except for :meth:`abort`."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        ssl_context: ssl.SSLContext | None,
+        connect_timeout: float,
+        read_timeout: float,
+        buffer_size: int = 1024 * 1024,
+    ) -> None:
+        self.endpoint = endpoint
+        self._ssl_context = ssl_context
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._sock: socket.socket | None = None
+        self._aborted = threading.Event()
+        self._lock = threading.Lock()
+        self._buffer = bytearray(buffer_size)
+        self._view = memoryview(self._buffer)
+        # Body bytes that arrived with the response head, not yet consumed.
+        self._pending = b""
+        self._body_left: int | None = None
+        self.reusable = False
+        self.requests = 0
+        self._head: ResponseHead | None = None
+        self._h11: h11.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        ep = self.endpoint
+        try:
+            raw = socket.create_connection((ep.host, ep.port), timeout=self._connect_timeout)
+        except TimeoutError as exc:
+            raise Timeout(f"connect timeout to {ep.host_header}", url=ep.url) from exc
+        except OSError as exc:
+            raise NetworkError(
+                f"cannot connect to {ep.host_header}: {_os_reason(exc)}", url=ep.url
+            ) from exc
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Large receive buffers let the kernel keep the window open while Python writes.
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock: socket.socket = raw
+            if ep.scheme == "https":
+                assert self._ssl_context is not None
+                raw.settimeout(self._connect_timeout)
+                sock = self._ssl_context.wrap_socket(raw, server_hostname=ep.host)
+            sock.settimeout(None)
+            _set_recv_timeout(sock, self._read_timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raw.close()
+            raise NetworkError(
+                f"TLS certificate of {ep.host_header} not trusted: {exc.verify_message} "
+                "(use --ca-certificate or SSL_CERT_FILE)",
+                url=ep.url,
+            ) from exc
+        except (OSError, ssl.SSLError) as exc:
+            raw.close()
+            raise NetworkError(
+                f"TLS handshake with {ep.host_header} failed: {_os_reason(exc)}", url=ep.url
+            ) from exc
+        with self._lock:
+            if self._aborted.is_set():
+                sock.close()
+                raise NetworkError("connection aborted", url=ep.url)
+            self._sock = sock
+        return sock
+
+    def abort(self) -> None:
+        """Wake and fail whatever the owning thread is blocked on.  Thread-safe."""
+        with self._lock:
+            self._aborted.set()
+            sock = self._sock
+            if sock is not None:
+                try:
+                    # Plain socket shutdown, bypassing the TLS layer, which is not
+                    # thread-safe; the owner's blocked recv returns at once.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def close(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+        self.reusable = False
+        if sock is not None:
+            sock.close()
+
+    # -- requests ----------------------------------------------------------------------
+
+    def request(
+        self,
+        *,
+        headers: Mapping[str, str],
+        first: int | None = None,
+        last: int | None = None,
+        method: str = "GET",
+    ) -> ResponseHead:
+        """Send a request (with ``Range`` when *first* is given) and read the response head.
+
+        An error status raises the matching :class:`HTTPStatusError`.  A connection kept from
+        an earlier request that turns out to be closed by the server is reopened once.
+        """
+        if first is not None:
+            rng = format_range(first, last) if last is not None else f"bytes={first}-"
+        else:
+            rng = None
+        for attempt in (0, 1):
+            reused = self._sock is not None and self.reusable
+            if not reused:
+                self.close()
+                self._connect()
+            try:
+                return self._exchange(headers, rng, method, reused=reused)
+            except _StaleConnection:
+                self.close()
+                if attempt or not reused:
+                    raise NetworkError(
+                        f"{self.endpoint.host_header} closed the connection", url=self.endpoint.url
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _exchange(
+        self, headers: Mapping[str, str], rng: str | None, method: str, *, reused: bool
+    ) -> ResponseHead:
+        sock = self._sock
+        assert sock is not None
+        ep = self.endpoint
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_HEAD_LIMIT)
+        fields = [
+            ("Host", ep.host_header),
+            ("User-Agent", USER_AGENT),
+            ("Accept-Encoding", "identity"),
+        ]
+        if rng is not None:
+            fields.append(("Range", rng))
+        fields.extend((k, v) for k, v in headers.items() if k.lower() not in ("host", "range"))
+        data = conn.send(h11.Request(method=method, target=ep.target, headers=fields))
+        assert data is not None
+        self.reusable = False
+        self._pending = b""
+        self._body_left = None
+        self.requests += 1
+        received = False
+        try:
+            sock.sendall(data)
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    chunk = sock.recv(65536)
+                    if not chunk and not received and reused:
+                        # The server closed this kept-alive connection between requests.
+                        raise _StaleConnection
+                    received = received or bool(chunk)
+                    conn.receive_data(chunk)
+                    continue
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    break
+                raise BadResponse(f"unexpected HTTP event from {ep.host_header}", url=ep.url)
+        except h11.RemoteProtocolError as exc:
+            raise BadResponse(
+                f"malformed HTTP response from {ep.host_header}: {exc}", url=ep.url
+            ) from exc
+        except (OSError, ssl.SSLError) as exc:
+            if reused and not received and isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+                raise _StaleConnection from exc
+            raise self._network_error(exc) from exc
+
+        head = self._parse_head(event)
+        self._pending = conn.trailing_data[0]
+        if head.status >= 400:
+            raise status_error(
+                head.status,
+                head.reason,
+                url=ep.url,
+                retry_after=_retry_after(head.headers.get("retry-after")),
+            )
+        if head.status >= 300:
+            raise BadResponse(
+                f"unexpected redirect ({head.status}) from {ep.host_header} on a data connection",
+                url=ep.url,
+            )
+        self._body_left = head.content_length
+        self._head = head
+        self._h11 = conn
+        return head
+
+    def _parse_head(self, event: h11.Response) -> ResponseHead:
+        headers: dict[str, str] = {}
+        lengths: list[str] = []
+        for name, value in event.headers:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            if key == "content-length":
+                lengths.append(text)
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        content_range = None
+        if "content-range" in headers and event.status_code == 206:
+            try:
+                content_range = parse_content_range(headers["content-range"])
+            except HeaderError as exc:
+                raise BadResponse(
+                    f"invalid Content-Range from {self.endpoint.host_header}: {exc}",
+                    url=self.endpoint.url,
+                ) from exc
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = None if chunked or not lengths else int(lengths[0])
+        keep_alive = "close" not in headers.get("connection", "").lower() and event.http_version == b"1.1"
+        return ResponseHead(
+            status=event.status_code,
+            reason=event.reason.decode("latin-1", "replace"),
+            headers=headers,
+            content_length=length,
+            content_range=content_range,
+            chunked=chunked,
+            keep_alive=keep_alive,
+        )
+
+    # -- bodies ------------------------------------------------------------------------
+
+    def stream_into_file(
+        self,
+        fd: int,
+        offset: int,
+        commit: Callable[[int], int],
+        *,
+        until_eof: bool = False,
+    ) -> int:
+        """Copy the body into *fd* at *offset*, chunk by chunk, as *commit* allows.
+
+        ``commit(n)`` is told each chunk's size once the chunk is written and returns how many
+        bytes to read next (``commit(0)`` is called first); 0 means stop.  When the range it
+        allows ends before the body does, the connection is not reusable.  With *until_eof*
+        (a response without length) the body ends when the server closes.
+        Returns the number of bytes written.
+        """
+        sock = self._sock
+        assert sock is not None and self._head is not None
+        head = self._head
+        ep = self.endpoint
+        if head.chunked:
+            return self._stream_chunked(fd, offset, commit)
+        plain = not isinstance(sock, ssl.SSLSocket)
+        view = self._view
+        written = 0
+        want = commit(0)
+        while want > 0:
+            if self._body_left is not None:
+                if self._body_left == 0:
+                    break
+                want = min(want, self._body_left)
+            filled = 0
+            if self._pending:
+                take = min(want, len(self._pending))
+                view[:take] = self._pending[:take]
+                self._pending = self._pending[take:]
+                filled = take
+            try:
+                while filled < want:
+                    if plain:
+                        n = sock.recv_into(view[filled:want], want - filled, socket.MSG_WAITALL)
+                    else:
+                        n = sock.recv_into(view[filled:want], want - filled)
+                    if n == 0:
+                        break
+                    filled += n
+            except (OSError, ssl.SSLError) as exc:
+                # Keep what arrived before the failure: it is valid data of the range.
+                if filled:
+                    self._write(fd, view[:filled], offset)
+                    commit(filled)
+                    written += filled
+                self.reusable = False
+                raise self._network_error(exc) from exc
+            if filled:
+                self._write(fd, view[:filled], offset)
+                offset += filled
+                written += filled
+                if self._body_left is not None:
+                    self._body_left -= filled
+            if filled < want:
+                # The server closed the connection.
+                self.reusable = False
+                if until_eof and self._body_left is None:
+                    commit(filled)
+                    return written
+                commit(filled)
+                raise NetworkError(
+                    f"connection closed by {ep.host_header} before the body was complete",
+                    url=ep.url,
+                )
+            want = commit(filled)
+        self.reusable = head.keep_alive and self._body_left == 0 and not self._pending
+        if self._body_left:
+            # Stopped early (range stolen or cancelled): the rest of the body is unread.
+            self.reusable = False
+        return written
+
+    def _stream_chunked(self, fd: int, offset: int, commit: Callable[[int], int]) -> int:
+        """Slow path through h11 for chunked bodies (no length: only single streams)."""
+        sock = self._sock
+        assert sock is not None
+        assert self._h11 is not None and self._head is not None
+        conn = self._h11
+        # The bytes that came with the head are still in h11's buffer (trailing_data is a copy).
+        self._pending = b""
+        written = 0
+        commit(0)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = sock.recv(1024 * 1024)
+                    if not data:
+                        raise NetworkError(
+                            f"connection closed by {self.endpoint.host_header} mid-body",
+                            url=self.endpoint.url,
+                        )
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Data):
+                    self._write(fd, event.data, offset)
+                    offset += len(event.data)
+                    written += len(event.data)
+                    commit(len(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    self.reusable = self._head.keep_alive
+                    return written
+                else:
+                    raise BadResponse("unexpected HTTP event in body", url=self.endpoint.url)
+        except h11.RemoteProtocolError as exc:
+            raise BadResponse(f"malformed chunked body: {exc}", url=self.endpoint.url) from exc
+        except (OSError, ssl.SSLError) as exc:
+            if isinstance(exc, DownloadError):
+                raise
+            raise self._network_error(exc) from exc
+
+    def _write(self, fd: int, data: memoryview | bytes, offset: int) -> None:
+        try:
+            done = os.pwrite(fd, data, offset)
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], offset + done)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"disk full while writing: {exc.strerror}") from exc
+            raise DiskError(f"cannot write to the file: {exc.strerror}") from exc
+
+    def _network_error(self, exc: BaseException) -> NetworkError:
+        ep = self.endpoint
+        if self._aborted.is_set():
+            return NetworkError("connection aborted", url=ep.url)
+        if isinstance(exc, (BlockingIOError, TimeoutError, ssl.SSLWantReadError)) or (
+            isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ETIMEDOUT)
+        ):
+            return Timeout(
+                f"no data from {ep.host_header} for {self._read_timeout:g} s", url=ep.url
+            )
+        return NetworkError(f"connection to {ep.host_header} failed: {_os_reason(exc)}", url=ep.url)
+
+
+class _StaleConnection(Exception):
+    """A kept-alive connection the server had already closed: retry on a fresh one."""
+
+
+def _set_recv_timeout(sock: socket.socket, seconds: float) -> None:
+    whole = int(seconds)
+    micro = int((seconds - whole) * 1_000_000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, micro))
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    return parse_retry_after(value, now=time.time())

@@ -1,0 +1,208 @@
+"""The file side: allocation, durable writes, and the resume sidecars.
+
+A partial download keeps its final name.  Beside it sit aria2's control file
+(``NAME.aria2``, byte-compatible, see :mod:`segdl.core.controlfile`) and a small JSON file of
+the validators aria2 does not keep (``NAME.segdl``: URL, ETag, Last-Modified, size).
+Ordering for crash safety: data is fsynced before a control file claiming it is written, and
+control files are replaced atomically (write a temporary file, fsync, rename, fsync the dir).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..core.controlfile import ControlFile, ControlFileError
+from ..errors import DiskError, DiskFull
+
+__all__ = [
+    "Validators",
+    "check_free_space",
+    "check_writable_dir",
+    "fsync_file",
+    "open_data_file",
+    "read_control",
+    "read_validators",
+    "remove_sidecars",
+    "write_atomic",
+]
+
+VALIDATORS_SUFFIX = ".segdl"
+CONTROL_SUFFIX = ".aria2"
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What identifies the remote version a partial file came from."""
+
+    url: str
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+
+    def matches(self, other: Validators) -> bool:
+        """Same remote file?  Only fields both sides know are compared."""
+        if self.size != other.size:
+            return False
+        if self.etag and other.etag:
+            # Weak and strong forms of one tag name the same version for our purpose.
+            return _opaque(self.etag) == _opaque(other.etag)
+        if self.last_modified and other.last_modified:
+            return self.last_modified == other.last_modified
+        return True
+
+
+def _opaque(etag: str) -> str:
+    return etag.removeprefix("W/")
+
+
+def control_path(path: Path) -> Path:
+    return path.with_name(path.name + CONTROL_SUFFIX)
+
+
+def validators_path(path: Path) -> Path:
+    return path.with_name(path.name + VALIDATORS_SUFFIX)
+
+
+def disk_error(exc: OSError, what: str) -> DiskError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(f"disk full: {what}")
+    return DiskError(f"{what}: {exc.strerror or exc}")
+
+
+def check_writable_dir(directory: Path) -> None:
+    """Create *directory* if needed and make sure files can be created in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise DiskError(f"{directory} exists and is not a directory") from exc
+    except OSError as exc:
+        raise disk_error(exc, f"cannot create directory {directory}") from exc
+    if not directory.is_dir():
+        raise DiskError(f"{directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DiskError(f"directory {directory} is not writable")
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return
+    if needed > free:
+        raise DiskFull(
+            f"not enough disk space in {directory}: need {needed} bytes, {free} free"
+        )
+
+
+def open_data_file(path: Path, size: int | None, *, truncate: bool) -> int:
+    """Open (creating) the partial file and reserve *size* bytes for it.
+
+    ``posix_fallocate`` reserves real blocks, so a full disk fails here rather than midway;
+    where the filesystem cannot (EOPNOTSUPP/EINVAL), the file is only extended.
+    """
+    flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise disk_error(exc, f"cannot open {path}") from exc
+    try:
+        if size:
+            current = os.fstat(fd).st_size
+            if current > size:
+                os.ftruncate(fd, size)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                if current < size:
+                    os.ftruncate(fd, size)
+    except OSError as exc:
+        os.close(fd)
+        raise disk_error(exc, f"cannot allocate {size} bytes for {path}") from exc
+    return fd
+
+
+def fsync_file(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise disk_error(exc, "cannot flush the file to disk") from exc
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace *path* with *data* so a crash leaves the old or the new content, never a mix."""
+    tmp = path.with_name(path.name + "__temp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise disk_error(exc, f"cannot write {path}") from exc
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_control(path: Path) -> ControlFile | None:
+    """The control file beside *path*, None if absent; a corrupt one raises ControlFileError."""
+    try:
+        data = control_path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ControlFileError(f"cannot read {control_path(path)}: {exc.strerror}") from exc
+    return ControlFile.decode(data)
+
+
+def write_control(path: Path, control: ControlFile) -> None:
+    write_atomic(control_path(path), control.encode())
+
+
+def read_validators(path: Path) -> Validators | None:
+    try:
+        raw = json.loads(validators_path(path).read_text("utf-8"))
+        return Validators(
+            url=str(raw["url"]),
+            size=None if raw.get("size") is None else int(raw["size"]),
+            etag=raw.get("etag"),
+            last_modified=raw.get("last_modified"),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_validators(path: Path, validators: Validators) -> None:
+    data = json.dumps({"version": 1, **asdict(validators)}, indent=1).encode()
+    write_atomic(validators_path(path), data)
+
+
+def remove_sidecars(path: Path) -> None:
+    for side in (control_path(path), validators_path(path)):
+        with contextlib.suppress(FileNotFoundError):
+            side.unlink()

@@ -9,6 +9,7 @@ From the final answer it learns the size (``Content-Range`` of a 206, else
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
@@ -179,6 +180,11 @@ def _host(url: str) -> str:
 def _reason(exc: Exception) -> str:
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"TLS certificate not trusted ({cause.verify_message}); "
+                "use --ca-certificate or SSL_CERT_FILE"
+            )
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
         cause = cause.__cause__ or cause.__context__

@@ -47,9 +47,7 @@ def _no_events(event: Event) -> None:
     pass
 
 
-async def _probe_first(
-    urls: Sequence[str], options: Options
-) -> ProbeResult:
+async def _probe_first(urls: Sequence[str], options: Options) -> ProbeResult:
     """Probe the URLs in order; the first that answers is used (the others are mirrors)."""
     timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
     verify = client_context(options.ca_certificate)
@@ -145,7 +143,9 @@ def download_sync(
 ) -> Success:
     """:func:`download` for code that is not running trio: blocks until done."""
     return trio.run(
-        partial(download, url, directory, out=out, options=options, engine=engine, on_event=on_event)
+        partial(
+            download, url, directory, out=out, options=options, engine=engine, on_event=on_event
+        )
     )
 
 
@@ -217,8 +217,11 @@ class DownloadManager:
                 on_event(event)
 
         self._nursery.start_soon(
-            self._run, handle, partial(download, url, directory, out=out, options=options,
-                                       engine=engine, on_event=emit)
+            self._run,
+            handle,
+            partial(
+                download, url, directory, out=out, options=options, engine=engine, on_event=emit
+            ),
         )
         return handle
 
@@ -302,4 +305,3 @@ def download_model(
 
     result = download_sync(url, folder, options=options, on_event=emit)
     return result.path
-

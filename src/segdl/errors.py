@@ -153,7 +153,9 @@ class ChecksumMismatch(DownloadError):
     exit_code = 32
 
 
-def status_error(status: int, reason: str, *, url: str, retry_after: float | None = None) -> HTTPStatusError:
+def status_error(
+    status: int, reason: str, *, url: str, retry_after: float | None = None
+) -> HTTPStatusError:
     """Build the right :class:`HTTPStatusError` subclass for an error status."""
     where = redact_url(url)
     message = f"HTTP {status} {reason} from {where}".rstrip()

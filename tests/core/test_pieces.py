@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,7 +31,7 @@ def coverage(pm: PieceMap) -> list[tuple[int, int, str]]:
 
 def assert_disjoint(pm: PieceMap) -> None:
     spans = coverage(pm)
-    for (s1, e1, l1), (s2, e2, l2) in zip(spans, spans[1:], strict=False):
+    for (s1, e1, l1), (s2, e2, l2) in itertools.pairwise(spans):
         assert e1 <= s2, f"{l1} [{s1},{e1}) overlaps {l2} [{s2},{e2})"
     for _, end, _ in spans:
         assert end <= pm.total_length
@@ -84,7 +86,9 @@ actions = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10 * P)), max_siz
 
 @settings(deadline=None, max_examples=300)
 @given(size=st.integers(0, 80 * P), actions=actions, min_split=st.sampled_from([P, 2 * P, 5 * P]))
-def test_ranges_tile_and_never_overlap(size: int, actions: list[tuple[int, int]], min_split: int) -> None:
+def test_ranges_tile_and_never_overlap(
+    size: int, actions: list[tuple[int, int]], min_split: int
+) -> None:
     pm = PieceMap(size, P)
     drive(pm, actions, min_split)
     finish(pm, min_split)
@@ -102,7 +106,9 @@ def test_resumed_state_is_completed_without_refetching(
 ) -> None:
     num = -(-size // P)
     done = {i for i in done if i < num}
-    partial = {i: min(n, (size - i * P) - 1) for i, n in partial.items() if i < num and i not in done}
+    partial = {
+        i: min(n, (size - i * P) - 1) for i, n in partial.items() if i < num and i not in done
+    }
     partial = {i: n for i, n in partial.items() if n > 0}
     pm = PieceMap(size, P, done=done, partial=partial)
     before = pm.downloaded
@@ -140,7 +146,8 @@ def test_never_steals_the_piece_being_read() -> None:
     assert a is not None
     pm.commit(a.id, 0, MIB)  # reserves piece 0
     b = pm.claim(MIB)
-    assert b is not None and (b.start, b.end) == (MIB, 2 * MIB)
+    assert b is not None
+    assert (b.start, b.end) == (MIB, 2 * MIB)
     assert pm.claim(MIB) is None  # piece 0 is being read, piece 1 is taken
 
 
@@ -151,7 +158,8 @@ def test_min_split_size_limits_stealing() -> None:
     pm.commit(a.id, 0, MIB)
     # 9 stealable pieces: the thief would get 5 MiB ≥ 4 MiB.
     b = pm.claim(4 * MIB)
-    assert b is not None and b.end - b.start == 5 * MIB
+    assert b is not None
+    assert b.end - b.start == 5 * MIB
     # Now a has 4 stealable pieces (half = 2 MiB) and b has 4 (after its first piece): too small.
     pm.commit(b.id, 0, MIB)
     assert pm.claim(4 * MIB) is None
@@ -172,7 +180,8 @@ def test_release_returns_the_unwritten_rest_and_keeps_the_prefix() -> None:
 
 def test_empty_file_is_complete() -> None:
     pm = PieceMap(0, MIB)
-    assert pm.complete and pm.claim(MIB) is None
+    assert pm.complete
+    assert pm.claim(MIB) is None
 
 
 def test_commit_beyond_reservation_is_refused() -> None:

@@ -42,42 +42,94 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     get = sub.add_parser("get", help="download files (aria2c-style options)")
-    get.add_argument("urls", nargs="*", metavar="URL", help="URL; several URLs are mirrors of one file")
+    get.add_argument(
+        "urls", nargs="*", metavar="URL", help="URL; several URLs are mirrors of one file"
+    )
     get.add_argument("-d", "--dir", default=".", help="directory to save into (default: .)")
     get.add_argument("-o", "--out", help="file name (default: from the server or the URL)")
-    get.add_argument("-x", "--max-connection-per-server", type=int, default=16, metavar="N",
-                     help="connections per file, 1-16 (default 16)")
-    get.add_argument("-s", "--split", type=int, default=16, metavar="N",
-                     help="ranges to split a file into (default 16)")
-    get.add_argument("-k", "--min-split-size", default="1M", metavar="SIZE",
-                     help="do not split ranges smaller than 2*SIZE (default 1M)")
-    get.add_argument("-c", "--continue", dest="continue_", action="store_true",
-                     help="continue a partial file that has no control file")
-    get.add_argument("--allow-overwrite", action="store_true",
-                     help="replace an existing file instead of failing")
-    get.add_argument("-i", "--input-file", metavar="FILE",
-                     help="read URLs from FILE, one a line (tab-separated mirrors)")
-    get.add_argument("-j", "--max-concurrent-downloads", type=int, default=5, metavar="N",
-                     help="files downloaded at once (default 5)")
+    get.add_argument(
+        "-x",
+        "--max-connection-per-server",
+        type=int,
+        default=16,
+        metavar="N",
+        help="connections per file, 1-16 (default 16)",
+    )
+    get.add_argument(
+        "-s",
+        "--split",
+        type=int,
+        default=16,
+        metavar="N",
+        help="ranges to split a file into (default 16)",
+    )
+    get.add_argument(
+        "-k",
+        "--min-split-size",
+        default="1M",
+        metavar="SIZE",
+        help="do not split ranges smaller than 2*SIZE (default 1M)",
+    )
+    get.add_argument(
+        "-c",
+        "--continue",
+        dest="continue_",
+        action="store_true",
+        help="continue a partial file that has no control file",
+    )
+    get.add_argument(
+        "--allow-overwrite", action="store_true", help="replace an existing file instead of failing"
+    )
+    get.add_argument(
+        "-i",
+        "--input-file",
+        metavar="FILE",
+        help="read URLs from FILE, one a line (tab-separated mirrors)",
+    )
+    get.add_argument(
+        "-j",
+        "--max-concurrent-downloads",
+        type=int,
+        default=5,
+        metavar="N",
+        help="files downloaded at once (default 5)",
+    )
     get.add_argument("--checksum", metavar="TYPE=DIGEST", help="verify, e.g. sha-256=HEX")
     get.add_argument("--ca-certificate", metavar="FILE", help="extra CA certificates (PEM)")
     get.add_argument("--engine", choices=("native", "aria2c", "single"), default="native")
     get.add_argument("--connect-timeout", type=float, default=30.0, metavar="SEC")
-    get.add_argument("-t", "--timeout", type=float, default=60.0, metavar="SEC",
-                     help="seconds without data before a connection is retried (default 60)")
+    get.add_argument(
+        "-t",
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SEC",
+        help="seconds without data before a connection is retried (default 60)",
+    )
     get.add_argument("-m", "--max-tries", type=int, default=5, metavar="N")
-    get.add_argument("--civitai-token", default=os.environ.get("CIVITAI_TOKEN"),
-                     help="CivitAI API token (default: $CIVITAI_TOKEN)")
-    get.add_argument("--hf-token", default=os.environ.get("HF_TOKEN"),
-                     help="Hugging Face token (default: $HF_TOKEN)")
+    get.add_argument(
+        "--civitai-token",
+        default=os.environ.get("CIVITAI_TOKEN"),
+        help="CivitAI API token (default: $CIVITAI_TOKEN)",
+    )
+    get.add_argument(
+        "--hf-token",
+        default=os.environ.get("HF_TOKEN"),
+        help="Hugging Face token (default: $HF_TOKEN)",
+    )
     get.add_argument("--json", action="store_true", help="print one JSON event per line")
     get.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
     demo = sub.add_parser("demo", help="serve a generated file locally and download it")
     demo.add_argument("--size", default="256M", help="size of the generated file (default 256M)")
-    demo.add_argument("--rate", default="16M",
-                      help="per-connection speed limit of the local server (default 16M/s)")
-    demo.add_argument("-d", "--dir", default="segdl-demo", help="where to save (default segdl-demo)")
+    demo.add_argument(
+        "--rate",
+        default="16M",
+        help="per-connection speed limit of the local server (default 16M/s)",
+    )
+    demo.add_argument(
+        "-d", "--dir", default="segdl-demo", help="where to save (default segdl-demo)"
+    )
     return parser
 
 
@@ -114,9 +166,8 @@ class _Reporter:
             if event.sha256:
                 line += f" sha256={event.sha256}"
             print(line, file=self.stdout, flush=True)
-        elif isinstance(event, Error):
-            if self.bar is not None:
-                self.bar.clear()
+        elif isinstance(event, Error) and self.bar is not None:
+            self.bar.clear()
 
 
 def read_input_file(path: str) -> list[_Job]:
@@ -136,7 +187,8 @@ def read_input_file(path: str) -> list[_Job]:
             key, _, value = line.strip().partition("=")
             if not jobs or key not in ("out",) or not value:
                 raise DownloadError(
-                    f"{path}:{number}: unsupported option line {line.strip()!r} (only out= is supported)"
+                    f"{path}:{number}: unsupported option line {line.strip()!r} "
+                    "(only out= is supported)"
                 )
             jobs[-1].out = value
             continue
@@ -144,8 +196,9 @@ def read_input_file(path: str) -> list[_Job]:
     return jobs
 
 
-async def _run_get(args: argparse.Namespace, jobs: list[_Job], base: Options,
-                   report: _Reporter) -> int:
+async def _run_get(
+    args: argparse.Namespace, jobs: list[_Job], base: Options, report: _Reporter
+) -> int:
     handles: list[DownloadHandle] = []
     async with open_manager(max_concurrent=args.max_concurrent_downloads) as manager:
         for number, job in enumerate(jobs, 1):

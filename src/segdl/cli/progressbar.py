@@ -50,7 +50,7 @@ class ProgressBar:
         if not self._progress:
             return ""
         if len(self._progress) == 1:
-            (download_id, p), = self._progress.items()
+            ((download_id, p),) = self._progress.items()
             label = self._names.get(download_id, "")
         else:
             p = _combine(list(self._progress.values()))

@@ -25,7 +25,7 @@ class _EventBase:
     type: ClassVar[str]
 
     def to_dict(self) -> dict[str, object]:
-        return {"type": self.type, **asdict(self)}  # type: ignore[call-overload]
+        return {"type": self.type, **asdict(self)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,7 +215,7 @@ class PieceMap:
         return want
 
     def release(self, assignment_id: int) -> Assignment:
-        """The connection stopped (done, failed or cancelled); what it did not write is free again."""
+        """The connection stopped (done, failed or cancelled): its unwritten rest is free."""
         a = self._active.pop(assignment_id)
         index = a.position // self.piece_length
         if a.position < a.end and index < self.num_pieces and not self._done[index]:

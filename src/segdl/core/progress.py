@@ -38,8 +38,9 @@ class RateMeter:
     the meter started (a resumed download) never count as speed.
     """
 
-    def __init__(self, *, total: int | None, start_bytes: int, now: float,
-                 window: float = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, *, total: int | None, start_bytes: int, now: float, window: float = DEFAULT_WINDOW
+    ) -> None:
         if window <= 0:
             raise ValueError("window must be positive")
         self.total = total

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import trio
 
-from ..core.controlfile import ControlFile, ControlFileError, InFlightPiece, bitfield_indices, make_bitfield
+from ..core.controlfile import (
+    ControlFile,
+    ControlFileError,
+    InFlightPiece,
+    bitfield_indices,
+    make_bitfield,
+)
 from ..core.events import Event, Progress, Started, Success
 from ..core.pieces import Assignment, PieceMap
 from ..core.progress import MIB, RateMeter
@@ -168,7 +174,8 @@ def _prepare(path: Path, probe: ProbeResult, options: Options) -> _Start:
                 options.piece_length,
                 done=range(have // options.piece_length),
                 partial={have // options.piece_length: have % options.piece_length}
-                if have % options.piece_length and have // options.piece_length < -(-size // options.piece_length)
+                if have % options.piece_length
+                and have // options.piece_length < -(-size // options.piece_length)
                 else {},
             )
             files.write_validators(path, current)
@@ -263,7 +270,9 @@ class _FileDownload:
             if self.fatal is not None:
                 raise self.fatal
             if self.ledger is not None and not self.ledger.pieces.complete:
-                raise NetworkError("download stopped before the file was complete", url=self.probe.url)
+                raise NetworkError(
+                    "download stopped before the file was complete", url=self.probe.url
+                )
             await trio.to_thread.run_sync(files.fsync_file, self.fd)
             self._emit_progress_final()
         finally:
@@ -374,7 +383,9 @@ class _FileDownload:
                 finally:
                     ledger.release(assignment.id)
                     self._notify()
-                await trio.sleep(policy.delay(failures, retry_after=retry_after, rand=self.rng.random()))
+                await trio.sleep(
+                    policy.delay(failures, retry_after=retry_after, rand=self.rng.random())
+                )
         finally:
             conn.close()
 
@@ -396,9 +407,7 @@ class _FileDownload:
             buffer_size=self.options.buffer_size,
         )
 
-    async def _in_thread(
-        self, conn: Connection, fn: Callable[..., int], *args: object
-    ) -> int:
+    async def _in_thread(self, conn: Connection, fn: Callable[..., int], *args: object) -> int:
         """Run a blocking fetch in a thread; cancellation aborts its connection."""
         finished = False
 
@@ -432,8 +441,14 @@ class _FileDownload:
         url = self.probe.url
         host = self.endpoint.host_header
         etag = head.etag
-        if self.probe.etag and etag and etag.removeprefix("W/") != self.probe.etag.removeprefix("W/"):
-            raise RemoteChanged(f"the file on {host} changed during the download (new ETag)", url=url)
+        if (
+            self.probe.etag
+            and etag
+            and etag.removeprefix("W/") != self.probe.etag.removeprefix("W/")
+        ):
+            raise RemoteChanged(
+                f"the file on {host} changed during the download (new ETag)", url=url
+            )
         if head.status != 206:
             raise BadResponse(
                 f"{host} answered a range request with HTTP {head.status} instead of 206", url=url
@@ -443,7 +458,8 @@ class _FileDownload:
             raise BadResponse(f"{host} sent 206 without Content-Range", url=url)
         if rng.complete_length is not None and rng.complete_length != self.probe.size:
             raise RemoteChanged(
-                f"the file on {host} changed size ({rng.complete_length} bytes, expected {self.probe.size})",
+                f"the file on {host} changed size "
+                f"({rng.complete_length} bytes, expected {self.probe.size})",
                 url=url,
             )
         if (rng.first, rng.last) != (first, last):
@@ -473,7 +489,9 @@ class _FileDownload:
                 if not _retryable(exc) or failures >= policy.max_tries:
                     raise
                 retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
-                await trio.sleep(policy.delay(failures, retry_after=retry_after, rand=self.rng.random()))
+                await trio.sleep(
+                    policy.delay(failures, retry_after=retry_after, rand=self.rng.random())
+                )
             finally:
                 self.stream_connections = 0
                 conn.close()
@@ -550,4 +568,3 @@ def _hash_file(path: Path, algorithm: str) -> str:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
-

@@ -36,7 +36,7 @@ class RetryPolicy:
         """
         if retry_after is not None:
             return min(max(0.0, retry_after), self.max_delay)
-        backoff = min(self.max_delay, self.base_delay * 2 ** max(0, attempt - 1))
+        backoff: float = min(self.max_delay, self.base_delay * 2.0 ** max(0, attempt - 1))
         return backoff * (1 - self.jitter * rand)
 
 

@@ -18,6 +18,7 @@ timeout puts the socket in non-blocking mode, which defeats ``MSG_WAITALL``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -50,7 +51,7 @@ from ..errors import (
     status_error,
 )
 
-__all__ = ["Connection", "Endpoint", "ResponseHead", "RemoteChanged"]
+__all__ = ["Connection", "Endpoint", "RemoteChanged", "ResponseHead"]
 
 USER_AGENT = "segdl/0.1"
 _HEAD_LIMIT = 64 * 1024
@@ -185,12 +186,10 @@ class Connection:
             self._aborted.set()
             sock = self._sock
             if sock is not None:
-                try:
-                    # Plain socket shutdown, bypassing the TLS layer, which is not
-                    # thread-safe; the owner's blocked recv returns at once.
+                # Plain socket shutdown, bypassing the TLS layer, which is not
+                # thread-safe; the owner's blocked recv returns at once.
+                with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     @property
     def aborted(self) -> bool:
@@ -324,7 +323,9 @@ class Connection:
                 ) from exc
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         length = None if chunked or not lengths else int(lengths[0])
-        keep_alive = "close" not in headers.get("connection", "").lower() and event.http_version == b"1.1"
+        keep_alive = (
+            "close" not in headers.get("connection", "").lower() and event.http_version == b"1.1"
+        )
         return ResponseHead(
             status=event.status_code,
             reason=event.reason.decode("latin-1", "replace"),
@@ -354,7 +355,8 @@ class Connection:
         Returns the number of bytes written.
         """
         sock = self._sock
-        assert sock is not None and self._head is not None
+        assert sock is not None
+        assert self._head is not None
         head = self._head
         ep = self.endpoint
         if head.chunked:
@@ -419,7 +421,8 @@ class Connection:
         """Slow path through h11 for chunked bodies (no length: only single streams)."""
         sock = self._sock
         assert sock is not None
-        assert self._h11 is not None and self._head is not None
+        assert self._h11 is not None
+        assert self._head is not None
         conn = self._h11
         # The bytes that came with the head are still in h11's buffer (trailing_data is a copy).
         self._pending = b""

@@ -95,9 +95,7 @@ def check_free_space(directory: Path, needed: int) -> None:
     except OSError:
         return
     if needed > free:
-        raise DiskFull(
-            f"not enough disk space in {directory}: need {needed} bytes, {free} free"
-        )
+        raise DiskFull(f"not enough disk space in {directory}: need {needed} bytes, {free} free")
 
 
 def open_data_file(path: Path, size: int | None, *, truncate: bool) -> int:

@@ -132,10 +132,9 @@ def _result(
 ) -> ProbeResult:
     status = response.status_code
     h = response.headers
-    if status == 416:
-        # An empty file answers bytes=0-0 with 416 and "bytes */0".
-        if h.get("content-range", "").replace(" ", "").lower() == "bytes*/0":
-            return ProbeResult(url=url, size=0, accepts_ranges=False, headers=headers)
+    # An empty file answers bytes=0-0 with 416 and "bytes */0".
+    if status == 416 and h.get("content-range", "").replace(" ", "").lower() == "bytes*/0":
+        return ProbeResult(url=url, size=0, accepts_ranges=False, headers=headers)
     if status >= 400:
         retry = h.get("retry-after")
         raise status_error(
@@ -189,4 +188,3 @@ def _reason(exc: Exception) -> str:
             return cause.strerror
         cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__
-

@@ -130,6 +130,11 @@ async def download(
     except trio.Cancelled:
         emit(Cancelled())
         raise
+    except Exception as exc:
+        # A bug, not a download failure: still one line for the user, the cause chained.
+        error = DownloadError(f"internal error: {type(exc).__name__}: {exc}")
+        emit(Error(message=str(error), code=error.exit_code))
+        raise error from exc
 
 
 def download_sync(

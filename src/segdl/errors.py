@@ -53,11 +53,11 @@ def redact_url(url: str) -> str:
     """
     try:
         parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
     except ValueError:
         return "<invalid URL>"
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
     query = "…" if parts.query else ""
     return urlunsplit((parts.scheme, host, parts.path, query, ""))
 

@@ -362,8 +362,9 @@ def parse_content_disposition_filename(value: str) -> str | None:
         value: the field value, e.g. ``'attachment; filename="model.safetensors"'``.
 
     Returns:
-        The name exactly as the server sent it — *not* safe to use as a path, pass it through
-        :func:`sanitize_filename` — or ``None`` when no usable name is present.  Never raises.
+        The raw name — *not* safe to use as a path, pass it through :func:`sanitize_filename`
+        — or ``None`` when no usable name is present.  Raw UTF-8 in ``filename`` that was
+        decoded as ISO-8859-1 is repaired; nothing else is changed.  Never raises.
     """
     if not isinstance(value, str):
         return None

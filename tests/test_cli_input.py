@@ -56,7 +56,9 @@ def test_bad_urls_are_refused(
 def test_unreachable_host_is_a_network_error(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run(["get", f"http://127.0.0.1:{closed_port()}/f.bin", "-d", str(tmp_path)], capsys)
+    code, _, err = run(
+        ["get", f"http://127.0.0.1:{closed_port()}/f.bin", "-d", str(tmp_path)], capsys
+    )
     assert code == 6
     assert_one_line_error(err)
     assert "cannot reach 127.0.0.1" in err
@@ -73,7 +75,9 @@ def test_unwritable_directory_non_root(
     assert_one_line_error(err)
 
 
-def test_directory_that_is_a_file(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_directory_that_is_a_file(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = run(["get", "http://127.0.0.1:1/f.bin", "-d", str(blocker / "sub")], capsys)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
@@ -54,6 +56,46 @@ from .options import Options
 __all__ = ["EventSink", "download_to_path"]
 
 EventSink = Callable[[Event], None]
+
+
+class ConnectionLike(Protocol):
+    """What the engine needs of a data connection (:class:`Connection`, or a test fake)."""
+
+    @property
+    def aborted(self) -> bool: ...
+
+    def request(
+        self,
+        *,
+        headers: Mapping[str, str],
+        first: int | None = None,
+        last: int | None = None,
+        method: str = "GET",
+    ) -> ResponseHead: ...
+
+    def stream_into_file(
+        self, fd: int, offset: int, commit: Callable[[int], int], *, until_eof: bool = False
+    ) -> int: ...
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+ConnectionFactory = Callable[[Endpoint, Options, "ssl.SSLContext | None"], ConnectionLike]
+
+
+def _open_connection(
+    endpoint: Endpoint, options: Options, ssl_context: ssl.SSLContext | None
+) -> ConnectionLike:
+    return Connection(
+        endpoint,
+        ssl_context=ssl_context,
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+        buffer_size=options.buffer_size,
+    )
+
 
 # How long cleanup (closing, saving the control file) may take once cancelled.
 CLEANUP_TIMEOUT = 10.0
@@ -231,7 +273,9 @@ class _FileDownload:
         options: Options,
         emit: EventSink,
         start: _Start,
+        connect: ConnectionFactory,
     ) -> None:
+        self.connect = connect
         self.probe = probe
         self.path = path
         self.options = options
@@ -265,7 +309,10 @@ class _FileDownload:
                         for _ in range(self.options.max_connections):
                             workers.start_soon(self._worker, workers.cancel_scope)
                 else:
-                    await self._stream_whole()
+                    try:
+                        await self._stream_whole()
+                    except DownloadError as exc:
+                        self.fatal = exc
                 nursery.cancel_scope.cancel()
             if self.fatal is not None:
                 raise self.fatal
@@ -398,16 +445,10 @@ class _FileDownload:
         self.changed.set()
         self.changed = trio.Event()
 
-    def _new_connection(self) -> Connection:
-        return Connection(
-            self.endpoint,
-            ssl_context=self.ssl_context,
-            connect_timeout=self.options.connect_timeout,
-            read_timeout=self.options.read_timeout,
-            buffer_size=self.options.buffer_size,
-        )
+    def _new_connection(self) -> ConnectionLike:
+        return self.connect(self.endpoint, self.options, self.ssl_context)
 
-    async def _in_thread(self, conn: Connection, fn: Callable[..., int], *args: object) -> int:
+    async def _in_thread(self, conn: ConnectionLike, fn: Callable[..., int], *args: object) -> int:
         """Run a blocking fetch in a thread; cancellation aborts its connection."""
         finished = False
 
@@ -418,15 +459,23 @@ class _FileDownload:
                 if not finished:
                     conn.abort()
 
+        # The error is carried out of the nursery by hand so it is not wrapped in a group.
+        error: DownloadError | None = None
+        result = 0
         async with trio.open_nursery() as nursery:
             nursery.start_soon(abort_when_cancelled)
             try:
-                return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+                result = await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            except DownloadError as exc:
+                error = exc
             finally:
                 finished = True
                 nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return result
 
-    def _fetch_range(self, conn: Connection, a: Assignment) -> int:
+    def _fetch_range(self, conn: ConnectionLike, a: Assignment) -> int:
         """Thread: fetch the assignment's bytes into the file."""
         assert self.ledger is not None
         first, last = a.position, a.end - 1
@@ -496,7 +545,7 @@ class _FileDownload:
                 self.stream_connections = 0
                 conn.close()
 
-    def _fetch_whole(self, conn: Connection) -> int:
+    def _fetch_whole(self, conn: ConnectionLike) -> int:
         self.streamed = 0
         os.ftruncate(self.fd, 0)
         head = conn.request(headers=self.probe.headers)
@@ -520,7 +569,12 @@ class _FileDownload:
 
 
 async def download_to_path(
-    probe: ProbeResult, path: Path, options: Options, emit: EventSink
+    probe: ProbeResult,
+    path: Path,
+    options: Options,
+    emit: EventSink,
+    *,
+    connect: ConnectionFactory = _open_connection,
 ) -> Success:
     """Download what *probe* describes into *path*, resuming what can be resumed.
 
@@ -530,7 +584,7 @@ async def download_to_path(
     start = await trio.to_thread.run_sync(_prepare, path, probe, options)
     emit(Started(filename=path.name, size=probe.size, path=str(path)))
     if not start.complete:
-        download = _FileDownload(probe, path, options, emit, start)
+        download = _FileDownload(probe, path, options, emit, start, connect)
         await download.run()
     else:
         emit(

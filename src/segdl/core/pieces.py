@@ -184,7 +184,8 @@ class PieceMap:
                 continue
             split = floor + pieces // 2
             start = split * self.piece_length
-            if a.end - start < min_split_size:
+            # Counted in whole pieces, as aria2 does: a short last piece counts as one.
+            if (end_index - split) * self.piece_length < min_split_size:
                 continue
             if best is None or a.end - start > best[2] - best[1]:
                 best = (a, start, a.end)

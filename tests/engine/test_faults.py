@@ -1,0 +1,325 @@
+"""The engine against a fake server that implements RFC 9110 ranges itself and misbehaves
+on demand: every download ends with the exact file or a clear error and a resumable partial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import threading
+
+import pytest
+import trio
+
+import segdl
+from segdl.core.controlfile import ControlFile
+from segdl.core.events import Event, Progress
+from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
+
+MIB = 1024 * 1024
+BODY = os.urandom(6 * MIB + 4321)
+SHA = hashlib.sha256(BODY).hexdigest()
+
+FAST = segdl.Options(
+    read_timeout=1.0,
+    connect_timeout=2.0,
+    save_interval=0.05,
+    retry=segdl.RetryPolicy(base_delay=0.01, max_delay=0.05),
+)
+
+
+def on_data_requests(server: RangeServer, *faults: Fault) -> None:
+    """Hand *faults* out, in order, to data requests only (not to the bytes=0-0 probe)."""
+    queue = list(faults)
+    lock = threading.Lock()
+
+    def hook(info: RequestInfo) -> Fault | None:
+        if info.range in (None, "bytes=0-0"):
+            return None
+        with lock:
+            return queue.pop(0) if queue else None
+
+    server.on_request(hook)
+
+
+def sha(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def data_requests(server: RangeServer) -> list[str | None]:
+    return [r.range for r in server.requests if r.method == "GET" and r.range != "bytes=0-0"]
+
+
+def sidecars(directory: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.suffix in (".aria2", ".segdl"))
+
+
+async def get(
+    server: RangeServer,
+    directory: pathlib.Path,
+    path: str = "/f.bin",
+    options: segdl.Options = FAST,
+    **kwargs: object,
+) -> segdl.Success:
+    return await segdl.download(server.url(path), directory, options=options, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_happy_path_uses_many_connections(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    events: list[Event] = []
+    result = await get(range_server, tmp_path, on_event=events.append)
+    assert sha(tmp_path / "f.bin") == SHA
+    assert result.size == len(BODY)
+    assert sidecars(tmp_path) == []
+    ranges = data_requests(range_server)
+    assert len(ranges) >= 7  # 6 MiB+ split among connections, pieces of 1 MiB
+    assert all(r is not None and r.startswith("bytes=") for r in ranges)
+    assert len({r.connection_id for r in range_server.requests}) > 1
+    assert [e.type for e in events][0] == "started"
+    assert events[-1].type == "success"
+
+
+async def test_server_ignoring_ranges_falls_back_to_one_stream(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY, accept_ranges=False))
+    await get(range_server, tmp_path)
+    assert sha(tmp_path / "f.bin") == SHA
+    gets = [r for r in range_server.requests if r.method == "GET"]
+    assert len(gets) == 2  # the probe (answered 200, body abandoned) and one stream
+    assert gets[1].range is None
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_server_without_length_streams_to_the_end(
+    range_server: RangeServer, tmp_path: pathlib.Path, chunked: bool
+) -> None:
+    range_server.add(
+        "/f.bin", Resource(body=BODY, accept_ranges=False, send_length=False, chunked=chunked)
+    )
+    result = await get(range_server, tmp_path)
+    assert sha(tmp_path / "f.bin") == SHA
+    assert result.size == len(BODY)
+
+
+async def test_wrong_content_range_is_rejected_and_retried(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    on_data_requests(range_server, Fault.wrong_content_range(shift=512))
+    await get(range_server, tmp_path)
+    assert sha(tmp_path / "f.bin") == SHA
+
+
+async def test_persistently_wrong_content_range_fails_without_a_wrong_file(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    range_server.on_request(
+        lambda info: (
+            Fault.wrong_content_range(shift=1) if info.range not in (None, "bytes=0-0") else None
+        )
+    )
+    with pytest.raises(segdl.BadResponse) as info:
+        await get(range_server, tmp_path)
+    assert info.value.exit_code == 22
+    assert "bytes" in str(info.value)
+    # The partial stays with its control file; nothing claims to be complete.
+    assert (tmp_path / "f.bin.aria2").exists()
+
+
+async def test_connection_dropped_mid_piece_is_resumed(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    on_data_requests(range_server, *[Fault.drop_after(100_000 + 7919 * i) for i in range(6)])
+    await get(range_server, tmp_path)
+    assert sha(tmp_path / "f.bin") == SHA
+
+
+async def test_503_then_success(range_server: RangeServer, tmp_path: pathlib.Path) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    on_data_requests(
+        range_server, Fault.status(503, headers={"Retry-After": "0"}), Fault.status(503)
+    )
+    await get(range_server, tmp_path)
+    assert sha(tmp_path / "f.bin") == SHA
+    assert [r.status for r in range_server.requests].count(503) == 2
+
+
+async def test_stalled_connection_times_out_and_is_retried(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    on_data_requests(range_server, Fault.stall_after(50_000, seconds=5.0))
+    options = segdl.Options(
+        read_timeout=0.5, save_interval=0.05, retry=segdl.RetryPolicy(base_delay=0.01)
+    )
+    with trio.fail_after(4):
+        await get(range_server, tmp_path, options=options)
+    assert sha(tmp_path / "f.bin") == SHA
+
+
+async def test_404_and_401_are_clear_errors(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    with pytest.raises(segdl.NotFound) as not_found:
+        await get(range_server, tmp_path, "/missing.bin")
+    assert not_found.value.exit_code == 3
+    range_server.add("/secret.bin", Resource(body=BODY))
+    range_server.inject(Fault.status(401))
+    with pytest.raises(segdl.AuthError) as denied:
+        await get(range_server, tmp_path, "/secret.bin")
+    assert denied.value.exit_code == 24
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_checksum_is_verified(range_server: RangeServer, tmp_path: pathlib.Path) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    good = segdl.Options(checksum=segdl.parse_checksum(f"sha-256={SHA}"))
+    result = await get(range_server, tmp_path, options=good)
+    assert result.sha256 == SHA
+    bad = segdl.Options(checksum=segdl.parse_checksum("sha-256=" + "0" * 64))
+    with pytest.raises(segdl.ChecksumMismatch) as info:
+        await get(range_server, tmp_path / "other", options=bad)
+    assert info.value.exit_code == 32
+
+
+async def test_complete_file_is_not_downloaded_again(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    await get(range_server, tmp_path)
+    before = len(data_requests(range_server))
+    result = await get(range_server, tmp_path)
+    assert len(data_requests(range_server)) == before
+    assert result.size == len(BODY)
+    assert sha(tmp_path / "f.bin") == SHA
+
+
+async def test_existing_different_file_is_never_overwritten(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    (tmp_path / "f.bin").write_bytes(b"precious")
+    with pytest.raises(segdl.FileExists) as info:
+        await get(range_server, tmp_path)
+    assert info.value.exit_code == 13
+    assert (tmp_path / "f.bin").read_bytes() == b"precious"
+
+
+async def test_continue_adopts_an_existing_prefix(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    prefix = 3 * MIB + 1000
+    (tmp_path / "f.bin").write_bytes(BODY[:prefix])
+    options = segdl.Options(continue_partial=True)
+    await get(range_server, tmp_path, options=options)
+    assert sha(tmp_path / "f.bin") == SHA
+    starts = [int(r.split("=")[1].split("-")[0]) for r in data_requests(range_server) if r]
+    # Only whole 16 KiB blocks of the prefix are trusted, as aria2 does.
+    assert min(starts) >= 3 * MIB
+
+
+async def interrupted(server: RangeServer, directory: pathlib.Path, after_bytes: int) -> None:
+    """Start a download and cancel it once *after_bytes* are written."""
+    with trio.CancelScope() as scope:
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, Progress) and event.downloaded >= after_bytes:
+                scope.cancel()
+
+        options = segdl.Options(save_interval=0.05, progress_interval=0.05)
+        await segdl.download(server.url("/f.bin"), directory, options=options, on_event=on_event)
+    assert scope.cancelled_caught
+
+
+async def test_cancelled_download_resumes_without_refetching(tmp_path: pathlib.Path) -> None:
+    with RangeServer(rate_limit=2 * MIB) as server:
+        server.add("/f.bin", Resource(body=BODY))
+        await interrupted(server, tmp_path, after_bytes=2 * MIB)
+        control = ControlFile.decode((tmp_path / "f.bin.aria2").read_bytes())
+        assert control.total_length == len(BODY)
+        saved = server.requests[:]
+        first_run = sum(r.body_bytes for r in saved)
+        await get(server, tmp_path)
+        second_run = sum(r.body_bytes for r in server.requests[len(saved) :])
+    assert sha(tmp_path / "f.bin") == SHA
+    assert sidecars(tmp_path) == []
+    # Bytes sent twice are at most what was in flight (one buffer per connection).
+    assert first_run + second_run <= len(BODY) + 16 * MIB
+    assert second_run < len(BODY)
+
+
+async def test_remote_change_between_runs_restarts(tmp_path: pathlib.Path) -> None:
+    new_body = os.urandom(len(BODY))
+    with RangeServer(rate_limit=2 * MIB) as server:
+        server.add("/f.bin", Resource(body=BODY, etag='"v1"'))
+        await interrupted(server, tmp_path, after_bytes=2 * MIB)
+        server.add("/f.bin", Resource(body=new_body, etag='"v2"'))
+    with RangeServer() as server:
+        server.add("/f.bin", Resource(body=new_body, etag='"v2"'))
+        await get(server, tmp_path)
+    assert sha(tmp_path / "f.bin") == hashlib.sha256(new_body).hexdigest()
+
+
+async def test_remote_change_during_download_restarts(tmp_path: pathlib.Path) -> None:
+    """A range answered with a new ETag means the file changed: start over, never mix."""
+    new_body = os.urandom(len(BODY))
+    with RangeServer(rate_limit=4 * MIB) as server:
+        server.add("/f.bin", Resource(body=BODY, etag='"v1"'))
+        swapped_at = -1
+
+        def on_event(event: Event) -> None:
+            nonlocal swapped_at
+            if isinstance(event, Progress) and event.downloaded > MIB and swapped_at < 0:
+                server.add("/f.bin", Resource(body=new_body, etag='"v2"'))
+                swapped_at = len(server.requests)
+
+        # Two connections: the first to finish steals from the other, after the swap.
+        options = segdl.Options(connections=2, split=2, progress_interval=0.05)
+        await segdl.download(server.url("/f.bin"), tmp_path, options=options, on_event=on_event)
+        after = server.requests[swapped_at:]
+    assert swapped_at > 0
+    assert sha(tmp_path / "f.bin") == hashlib.sha256(new_body).hexdigest()
+    # The restart fetched the new version from its first byte.
+    assert any(r.range is not None and r.range.startswith("bytes=0-") for r in after)
+
+
+async def test_credentials_are_not_forwarded_to_another_origin(tmp_path: pathlib.Path) -> None:
+    with RangeServer() as storage, RangeServer() as site:
+        storage.add("/blob/f.bin", Resource(body=BODY))
+        site.add_redirect("/dl/f.bin", storage.url("/blob/f.bin"))
+        options = segdl.Options(headers={"Authorization": "Bearer sekrit"})
+        await segdl.download(site.url("/dl/f.bin"), tmp_path, options=options)
+    assert sha(tmp_path / "f.bin") == SHA
+    assert site.requests[0].headers.get("authorization") == "Bearer sekrit"
+    assert storage.requests
+    assert all("authorization" not in r.headers for r in storage.requests)
+
+
+async def test_mirrors_are_tried_in_order(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    urls = [range_server.url("/gone.bin"), range_server.url("/f.bin")]
+    await segdl.download(urls, tmp_path, out="f.bin", options=FAST)
+    assert sha(tmp_path / "f.bin") == SHA
+
+
+async def test_not_enough_disk_space_is_refused_before_fetching(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    huge = 1 << 50
+    range_server.add("/f.bin", Resource(body=BODY))
+    range_server.inject(
+        Fault.status(206, headers={"Content-Range": f"bytes 0-0/{huge}"}, body=b"x")
+    )
+    with pytest.raises(segdl.DiskFull) as info:
+        await get(range_server, tmp_path)
+    assert info.value.exit_code == 9
+    assert not (tmp_path / "f.bin").exists()

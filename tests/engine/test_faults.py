@@ -78,7 +78,7 @@ async def test_happy_path_uses_many_connections(
     assert len(ranges) >= 7  # 6 MiB+ split among connections, pieces of 1 MiB
     assert all(r is not None and r.startswith("bytes=") for r in ranges)
     assert len({r.connection_id for r in range_server.requests}) > 1
-    assert [e.type for e in events][0] == "started"
+    assert events[0].type == "started"
     assert events[-1].type == "success"
 
 

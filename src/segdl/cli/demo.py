@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import random
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,9 +21,12 @@ from ..engine.options import Options
 from ..testing.rangeserver import RangeServer, Resource
 from .progressbar import ProgressBar, format_bytes
 
+NAME = "demo-model.safetensors"
 
-def generated_file(size: int, seed: int = 2026) -> bytes:
-    return random.Random(seed).randbytes(size)
+
+def generated_file(size: int) -> bytes:
+    # Random bytes: nothing a transfer bug could reproduce by accident.
+    return os.urandom(size)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -37,8 +40,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print("segdl: error: the demo file is held in memory: at most 4G", file=sys.stderr)
         return 28
     directory = Path(args.dir)
-    target = directory / "demo-model.safetensors"
-    for leftover in (target, target.with_name(target.name + ".aria2")):
+    target = directory / NAME
+    for leftover in (target, target.with_name(NAME + ".aria2"), target.with_name(NAME + ".segdl")):
         leftover.unlink(missing_ok=True)
     print(f"Generating a {format_bytes(size)} file…", flush=True)
     body = generated_file(size)

@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", default="256M", help="size of the generated file (default 256M)")
     demo.add_argument(
         "--rate",
-        default="16M",
-        help="per-connection speed limit of the local server (default 16M/s)",
+        default="4M",
+        help="per-connection speed limit of the local server (default 4M/s)",
     )
     demo.add_argument(
         "-d", "--dir", default="segdl-demo", help="where to save (default segdl-demo)"

@@ -1,0 +1,167 @@
+"""Real components: nginx as the server, the segdl command as users run it, real aria2c.
+
+Every test compares sha256 of the result with the served file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from segdl.core.controlfile import ControlFile
+from segdl.testing.nginx import NginxFactory
+from segdl.testing.tls import CertPair
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+SEGDL = [sys.executable, "-m", "segdl"]
+
+
+def make_file(root: Path, name: str, size: int) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    (root / name).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def segdl_get(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SEGDL, "get", *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def wait_for(path: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def require_aria2c() -> str:
+    binary = shutil.which("aria2c")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("aria2c is not installed, and CI=true forbids skipping")
+        pytest.skip("aria2c is not installed")
+    return binary
+
+
+def test_https_with_self_signed_certificate(
+    nginx_server: NginxFactory, tls_pair: CertPair, tmp_path: Path
+) -> None:
+    digest = make_file(tmp_path / "www", "model.safetensors", 48 * MIB + 17)
+    nginx = nginx_server(tmp_path / "www", certfile=tls_pair.certfile, keyfile=tls_pair.keyfile)
+    url = nginx.https_url("model.safetensors")
+    out = tmp_path / "out"
+    done = segdl_get(url, "-d", str(out), "--ca-certificate", str(tls_pair.certfile))
+    assert done.returncode == 0, done.stderr
+    assert sha(out / "model.safetensors") == digest
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
+
+    # Untrusted without the CA: a clear one-line error, exit 6, nothing written.
+    other = tmp_path / "other"
+    refused = segdl_get(url, "-d", str(other))
+    assert refused.returncode == 6
+    assert "certificate" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    # SSL_CERT_FILE is honoured as well.
+    env = {**os.environ, "SSL_CERT_FILE": str(tls_pair.certfile)}
+    via_env = segdl_get(url, "-d", str(other), env=env)
+    assert via_env.returncode == 0, via_env.stderr
+    assert sha(other / "model.safetensors") == digest
+
+
+def test_sigkill_three_times_then_resume(
+    nginx_server: NginxFactory, tls_pair: CertPair, tmp_path: Path
+) -> None:
+    size = 96 * MIB + 12345
+    digest = make_file(tmp_path / "www", "big.bin", size)
+    nginx = nginx_server(
+        tmp_path / "www", certfile=tls_pair.certfile, keyfile=tls_pair.keyfile, limit_rate="4m"
+    )
+    url = nginx.https_url("big.bin")
+    out = tmp_path / "out"
+    args = [url, "-d", str(out), "--ca-certificate", str(tls_pair.certfile), "-q"]
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(3):
+        proc = subprocess.Popen([*SEGDL, "get", *args, "-c"])
+        wait_for(out / "big.bin.aria2")
+        time.sleep(rng.uniform(0.2, 0.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        # After each kill the state on disk is a valid aria2 control file.
+        control = ControlFile.decode((out / "big.bin.aria2").read_bytes())
+        assert control.total_length == size
+    assert kills == 3
+    done = segdl_get(*args, "-c")
+    assert done.returncode == 0, done.stderr
+    assert sha(out / "big.bin") == digest
+    assert sorted(p.name for p in out.iterdir()) == ["big.bin"]
+
+
+def test_aria2c_partial_is_finished_by_segdl(nginx_server: NginxFactory, tmp_path: Path) -> None:
+    aria2c = require_aria2c()
+    size = 64 * MIB + 999
+    digest = make_file(tmp_path / "www", "a.bin", size)
+    nginx = nginx_server(tmp_path / "www", limit_rate="512k")
+    url = nginx.http_url("a.bin")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [aria2c, "-q", "-x16", "-s16", "-k1M", "--auto-save-interval=1", "-d", str(out), url]
+    )
+    wait_for(out / "a.bin.aria2")
+    time.sleep(1.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    control = ControlFile.decode((out / "a.bin.aria2").read_bytes())
+    assert len([b for b in control.bitfield if b]) > 0 or control.in_flight
+    done = segdl_get(url, "-d", str(out), "-c")
+    assert done.returncode == 0, done.stderr
+    assert sha(out / "a.bin") == digest
+    assert not (out / "a.bin.aria2").exists()
+
+
+def test_segdl_partial_is_finished_by_aria2c(nginx_server: NginxFactory, tmp_path: Path) -> None:
+    aria2c = require_aria2c()
+    size = 64 * MIB + 999
+    digest = make_file(tmp_path / "www", "b.bin", size)
+    nginx = nginx_server(tmp_path / "www", limit_rate="512k")
+    url = nginx.http_url("b.bin")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*SEGDL, "get", url, "-d", str(out), "-q"])
+    wait_for(out / "b.bin.aria2")
+    time.sleep(3.0)  # at 512 KiB/s a connection completes its first 1 MiB piece in 2 s
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    control = ControlFile.decode((out / "b.bin.aria2").read_bytes())
+    assert any(control.bitfield)
+    done = subprocess.run(
+        [aria2c, "-q", "-x16", "-s16", "-k1M", "-c", "-d", str(out), url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sha(out / "b.bin") == digest

@@ -90,51 +90,64 @@ async def download(
             and its control file are kept so a later call resumes.
     """
     emit = on_event or _no_events
-    urls = [url] if isinstance(url, str) else list(url)
-    options = options or Options()
+    ended = False
     try:
-        if not urls:
-            raise InvalidURL("no URL given")
-        for u in urls:
-            check_url(u)
-        if engine not in ENGINES:
-            raise DownloadError(f"unknown engine {engine!r}: choose native, single or aria2c")
-        if engine == "aria2c":
-            raise DownloadError("the aria2c engine is not available in this version of segdl")
-        if engine == "single":
-            options = replace(options, connections=1, split=1)
-        target_dir = Path(directory)
-        await trio.to_thread.run_sync(check_writable_dir, target_dir)
-        for attempt in itertools.count():
-            probed = await _probe_first(urls, options)
-            if out:
-                name = sanitize_filename(out)
-            else:
-                name = choose_filename(probed.content_disposition, urls[0])
-            path = target_dir / name
-            try:
-                result = await download_to_path(probed, path, options, emit)
-            except RemoteChanged:
-                if attempt >= MAX_RESTARTS:
-                    raise
-                # Never mix two versions: drop the partial and start over from a new probe.
-                await trio.to_thread.run_sync(remove_sidecars, path)
-                await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
-                continue
-            emit(result)
-            return result
-        raise AssertionError("unreachable")
+        result = await _download(url, directory, out, options or Options(), engine, emit)
+        ended = True
+        emit(result)
+        return result
     except DownloadError as exc:
+        ended = True
         emit(Error(message=str(exc), code=exc.exit_code))
         raise
-    except trio.Cancelled:
-        emit(Cancelled())
-        raise
     except Exception as exc:
+        ended = True
         # A bug, not a download failure: still one line for the user, the cause chained.
         error = DownloadError(f"internal error: {type(exc).__name__}: {exc}")
         emit(Error(message=str(error), code=error.exit_code))
         raise error from exc
+    finally:
+        if not ended:
+            # Cancelled (possibly inside an exception group), or interrupted.
+            emit(Cancelled())
+
+
+async def _download(
+    url: str | Sequence[str],
+    directory: str | os.PathLike[str],
+    out: str | None,
+    options: Options,
+    engine: str,
+    emit: EventSink,
+) -> Success:
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise InvalidURL("no URL given")
+    for u in urls:
+        check_url(u)
+    if engine not in ENGINES:
+        raise DownloadError(f"unknown engine {engine!r}: choose native, single or aria2c")
+    if engine == "aria2c":
+        raise DownloadError("the aria2c engine is not available in this version of segdl")
+    if engine == "single":
+        options = replace(options, connections=1, split=1)
+    target_dir = Path(directory)
+    await trio.to_thread.run_sync(check_writable_dir, target_dir)
+    for attempt in itertools.count():
+        probed = await _probe_first(urls, options)
+        name = (
+            sanitize_filename(out) if out else choose_filename(probed.content_disposition, urls[0])
+        )
+        path = target_dir / name
+        try:
+            return await download_to_path(probed, path, options, emit)
+        except RemoteChanged:
+            if attempt >= MAX_RESTARTS:
+                raise
+            # Never mix two versions: drop the partial and start over from a new probe.
+            await trio.to_thread.run_sync(remove_sidecars, path)
+            await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+    raise AssertionError("unreachable")
 
 
 def download_sync(

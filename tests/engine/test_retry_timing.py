@@ -127,7 +127,7 @@ def clock() -> trio.testing.MockClock:
 async def test_retry_after_is_honoured_exactly(
     tmp_path: pathlib.Path, clock: trio.testing.MockClock
 ) -> None:
-    busy = [ServerBusy("503", status=503, retry_after=7.0) for _ in range(2)]
+    busy: list[DownloadError] = [ServerBusy("503", status=503, retry_after=7.0) for _ in range(2)]
     elapsed, events = await fetch(tmp_path, Script(busy))
     # Two waits of exactly Retry-After; the first progress tick may land after the data.
     assert 14.0 <= elapsed < 14.5
@@ -158,7 +158,10 @@ async def test_not_found_fails_at_once(
 async def test_gives_up_after_max_tries(
     tmp_path: pathlib.Path, clock: trio.testing.MockClock
 ) -> None:
-    script = Script([ServerBusy("503", status=503, retry_after=2.0) for _ in range(10)])
+    failures: list[DownloadError] = [
+        ServerBusy("503", status=503, retry_after=2.0) for _ in range(10)
+    ]
+    script = Script(failures)
     start = trio.current_time()
     with pytest.raises(ServerBusy):
         await fetch(tmp_path, script, max_tries=3)

@@ -8,6 +8,8 @@ import hashlib
 import os
 import pathlib
 import threading
+from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 import trio
@@ -16,6 +18,7 @@ import segdl
 from segdl.core.controlfile import ControlFile
 from segdl.core.events import Event, Progress
 from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
+from segdl.testing.tls import CertPair, server_context
 
 MIB = 1024 * 1024
 BODY = os.urandom(6 * MIB + 4321)
@@ -323,3 +326,35 @@ async def test_not_enough_disk_space_is_refused_before_fetching(
         await get(range_server, tmp_path)
     assert info.value.exit_code == 9
     assert not (tmp_path / "f.bin").exists()
+
+
+@pytest.fixture
+def tls_server(tls_pair: CertPair) -> Iterator[RangeServer]:
+    with RangeServer(tls=server_context(tls_pair)) as server:
+        yield server
+
+
+def tls_options(pair: CertPair, **changes: object) -> segdl.Options:
+    return replace(FAST, ca_certificate=str(pair.certfile), **changes)  # type: ignore[arg-type]
+
+
+async def test_tls_happy_path_drop_and_stall(
+    tls_server: RangeServer, tls_pair: CertPair, tmp_path: pathlib.Path
+) -> None:
+    """Over TLS the idle timeout surfaces differently (SSL want-read): it must still retry."""
+    tls_server.add("/f.bin", Resource(body=BODY))
+    on_data_requests(tls_server, Fault.drop_after(300_000), Fault.stall_after(70_000, seconds=5.0))
+    with trio.fail_after(5):
+        await get(tls_server, tmp_path, options=tls_options(tls_pair, read_timeout=0.5))
+    assert sha(tmp_path / "f.bin") == SHA
+    assert tls_server.url("/f.bin").startswith("https://")
+
+
+async def test_tls_untrusted_certificate_is_refused(
+    tls_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    tls_server.add("/f.bin", Resource(body=BODY))
+    out = tmp_path / "out"
+    with pytest.raises(segdl.NetworkError, match="certificate not trusted"):
+        await get(tls_server, out)
+    assert list(out.iterdir()) == []

@@ -12,8 +12,9 @@ Everything here runs in a worker thread and blocks.  :meth:`Connection.abort` ma
 from any thread: it shuts the socket down, which wakes a blocked ``recv``; that is how trio
 cancellation reaches a connection.
 
-Idle timeouts use ``SO_RCVTIMEO`` rather than Python's socket timeout, because a Python
-timeout puts the socket in non-blocking mode, which defeats ``MSG_WAITALL``.
+Idle timeouts on plain sockets use ``SO_RCVTIMEO`` rather than Python's socket timeout,
+because a Python timeout puts the socket in non-blocking mode, which defeats
+``MSG_WAITALL``.  TLS sockets use Python's timeout (see :meth:`Connection._connect`).
 """
 
 from __future__ import annotations
@@ -159,8 +160,13 @@ class Connection:
                 assert self._ssl_context is not None
                 raw.settimeout(self._connect_timeout)
                 sock = self._ssl_context.wrap_socket(raw, server_hostname=ep.host)
-            sock.settimeout(None)
-            _set_recv_timeout(sock, self._read_timeout)
+            if isinstance(sock, ssl.SSLSocket):
+                # The ssl module retries SSL_read by itself on a blocking socket, which
+                # swallows SO_RCVTIMEO: TLS needs Python's own timeout (poll before read).
+                sock.settimeout(self._read_timeout)
+            else:
+                sock.settimeout(None)
+                _set_recv_timeout(sock, self._read_timeout)
         except ssl.SSLCertVerificationError as exc:
             raw.close()
             raise NetworkError(

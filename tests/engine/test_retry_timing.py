@@ -22,7 +22,7 @@ from segdl.core.headers import ContentRange
 from segdl.engine.native import ConnectionLike, download_to_path
 from segdl.engine.options import Options, RetryPolicy
 from segdl.errors import DownloadError, NetworkError, NotFound, ServerBusy
-from segdl.io.dataplane import Endpoint, ResponseHead
+from segdl.io.dataplane import Endpoint, ResponseHead, Transform
 from segdl.io.probe import ProbeResult
 
 MIB = 1024 * 1024
@@ -72,7 +72,13 @@ class FakeConnection:
         )
 
     def stream_into_file(
-        self, fd: int, offset: int, commit: Callable[[int], int], *, until_eof: bool = False
+        self,
+        fd: int,
+        offset: int,
+        commit: Callable[[int], int],
+        *,
+        until_eof: bool = False,
+        transform: Transform | None = None,
     ) -> int:
         written = 0
         want = commit(0)

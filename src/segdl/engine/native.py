@@ -48,7 +48,7 @@ from ..errors import (
     redact_url,
 )
 from ..io import files
-from ..io.dataplane import Connection, Endpoint, RemoteChanged, ResponseHead
+from ..io.dataplane import Connection, Endpoint, RemoteChanged, ResponseHead, Transform
 from ..io.probe import ProbeResult
 from ..io.tls import client_context
 from .options import Options
@@ -74,7 +74,13 @@ class ConnectionLike(Protocol):
     ) -> ResponseHead: ...
 
     def stream_into_file(
-        self, fd: int, offset: int, commit: Callable[[int], int], *, until_eof: bool = False
+        self,
+        fd: int,
+        offset: int,
+        commit: Callable[[int], int],
+        *,
+        until_eof: bool = False,
+        transform: Transform | None = None,
     ) -> int: ...
 
     def abort(self) -> None: ...
@@ -157,7 +163,7 @@ def pieces_from_control(control: ControlFile) -> PieceMap:
 
 
 @dataclass(frozen=True, slots=True)
-class _Start:
+class TargetState:
     """How the file is opened: a piece map to continue, or nothing left to do."""
 
     pieces: PieceMap | None  # None: stream without ranges
@@ -165,7 +171,7 @@ class _Start:
     resumed_bytes: int
 
 
-def _prepare(path: Path, probe: ProbeResult, options: Options) -> _Start:
+def prepare_target(path: Path, probe: ProbeResult, options: Options) -> TargetState:
     """Decide between resume, continue, restart and done, as aria2 does (anchors §1.4).
 
     Synchronous (file system); run in a thread.
@@ -200,11 +206,11 @@ def _prepare(path: Path, probe: ProbeResult, options: Options) -> _Start:
         files.write_validators(path, current)
         fd = files.open_data_file(path, size, truncate=False)
         os.close(fd)
-        return _Start(pieces, complete=pieces.complete, resumed_bytes=pieces.downloaded)
+        return TargetState(pieces, complete=pieces.complete, resumed_bytes=pieces.downloaded)
     if exists:
         have = path.stat().st_size
         if size is not None and have == size:
-            return _Start(None, complete=True, resumed_bytes=have)
+            return TargetState(None, complete=True, resumed_bytes=have)
         if options.continue_partial and size is not None and probe.accepts_ranges:
             if have > size:
                 raise ResumeError(
@@ -224,7 +230,7 @@ def _prepare(path: Path, probe: ProbeResult, options: Options) -> _Start:
             fd = files.open_data_file(path, size, truncate=False)
             os.close(fd)
             files.write_control(path, control_from_pieces(pieces))
-            return _Start(pieces, complete=pieces.complete, resumed_bytes=pieces.downloaded)
+            return TargetState(pieces, complete=pieces.complete, resumed_bytes=pieces.downloaded)
         if not options.allow_overwrite and not options.continue_partial:
             raise FileExists(
                 f"{path} already exists; use -c to continue it or --allow-overwrite to replace it"
@@ -232,7 +238,9 @@ def _prepare(path: Path, probe: ProbeResult, options: Options) -> _Start:
     return _fresh(path, probe, options, current)
 
 
-def _fresh(path: Path, probe: ProbeResult, options: Options, current: files.Validators) -> _Start:
+def _fresh(
+    path: Path, probe: ProbeResult, options: Options, current: files.Validators
+) -> TargetState:
     size = probe.size
     files.remove_sidecars(path)
     if size is not None:
@@ -241,11 +249,11 @@ def _fresh(path: Path, probe: ProbeResult, options: Options, current: files.Vali
     os.close(fd)
     if size is None or not probe.accepts_ranges:
         # aria2 writes no control file when the server cannot resume.
-        return _Start(None, complete=False, resumed_bytes=0)
+        return TargetState(None, complete=False, resumed_bytes=0)
     pieces = PieceMap(size, options.piece_length)
     files.write_validators(path, current)
     files.write_control(path, control_from_pieces(pieces))
-    return _Start(pieces, complete=pieces.complete, resumed_bytes=0)
+    return TargetState(pieces, complete=pieces.complete, resumed_bytes=0)
 
 
 def _existing_size(path: Path) -> int:
@@ -272,10 +280,12 @@ class _FileDownload:
         path: Path,
         options: Options,
         emit: EventSink,
-        start: _Start,
+        start: TargetState,
         connect: ConnectionFactory,
+        transform: Transform | None,
     ) -> None:
         self.connect = connect
+        self.transform = transform
         self.probe = probe
         self.path = path
         self.options = options
@@ -484,7 +494,7 @@ class _FileDownload:
         head = conn.request(headers=self.probe.headers, first=first, last=last)
         self._check_range_response(head, first, last)
         commit = self.ledger.committer(a.id, self.options.buffer_size)
-        return conn.stream_into_file(self.fd, first, commit)
+        return conn.stream_into_file(self.fd, first, commit, transform=self.transform)
 
     def _check_range_response(self, head: ResponseHead, first: int, last: int) -> None:
         url = self.probe.url
@@ -560,7 +570,9 @@ class _FileDownload:
             self.streamed += nbytes
             return chunk
 
-        written = conn.stream_into_file(self.fd, 0, commit, until_eof=head.content_length is None)
+        written = conn.stream_into_file(
+            self.fd, 0, commit, until_eof=head.content_length is None, transform=self.transform
+        )
         if size is not None and written != size:
             raise NetworkError(
                 f"got {written} bytes of {size} before the connection ended", url=self.probe.url
@@ -575,16 +587,18 @@ async def download_to_path(
     emit: EventSink,
     *,
     connect: ConnectionFactory = _open_connection,
+    transform: Transform | None = None,
 ) -> Success:
     """Download what *probe* describes into *path*, resuming what can be resumed.
 
+    *transform* rewrites each chunk in place before it is written (MEGA decryption).
     Raises a :class:`~segdl.errors.DownloadError`; :class:`RemoteChanged` means the server's
     file is not the one the partial came from (the caller restarts after a new probe).
     """
-    start = await trio.to_thread.run_sync(_prepare, path, probe, options)
+    start = await trio.to_thread.run_sync(prepare_target, path, probe, options)
     emit(Started(filename=path.name, size=probe.size, path=str(path)))
     if not start.complete:
-        download = _FileDownload(probe, path, options, emit, start, connect)
+        download = _FileDownload(probe, path, options, emit, start, connect, transform)
         await download.run()
     else:
         emit(

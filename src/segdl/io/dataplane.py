@@ -58,6 +58,10 @@ USER_AGENT = "segdl/0.1"
 _HEAD_LIMIT = 64 * 1024
 
 
+# Rewrites a chunk in place before it is written; told the chunk's offset in the file.
+Transform = Callable[[memoryview, int], None]
+
+
 class RemoteChanged(BadResponse):
     """The server now serves a different version of the file (ETag/size changed)."""
 
@@ -351,6 +355,7 @@ class Connection:
         commit: Callable[[int], int],
         *,
         until_eof: bool = False,
+        transform: Transform | None = None,
     ) -> int:
         """Copy the body into *fd* at *offset*, chunk by chunk, as *commit* allows.
 
@@ -358,6 +363,8 @@ class Connection:
         bytes to read next (``commit(0)`` is called first); 0 means stop.  When the range it
         allows ends before the body does, the connection is not reusable.  With *until_eof*
         (a response without length) the body ends when the server closes.
+        *transform*, if given, rewrites each chunk in place before it is written, told the
+        chunk's file offset (MEGA's AES-CTR decryption works at any offset).
         Returns the number of bytes written.
         """
         sock = self._sock
@@ -366,7 +373,7 @@ class Connection:
         head = self._head
         ep = self.endpoint
         if head.chunked:
-            return self._stream_chunked(fd, offset, commit)
+            return self._stream_chunked(fd, offset, commit, transform)
         plain = not isinstance(sock, ssl.SSLSocket)
         view = self._view
         written = 0
@@ -394,13 +401,13 @@ class Connection:
             except (OSError, ssl.SSLError) as exc:
                 # Keep what arrived before the failure: it is valid data of the range.
                 if filled:
-                    self._write(fd, view[:filled], offset)
+                    self._write(fd, view[:filled], offset, transform)
                     commit(filled)
                     written += filled
                 self.reusable = False
                 raise self._network_error(exc) from exc
             if filled:
-                self._write(fd, view[:filled], offset)
+                self._write(fd, view[:filled], offset, transform)
                 offset += filled
                 written += filled
                 if self._body_left is not None:
@@ -423,7 +430,9 @@ class Connection:
             self.reusable = False
         return written
 
-    def _stream_chunked(self, fd: int, offset: int, commit: Callable[[int], int]) -> int:
+    def _stream_chunked(
+        self, fd: int, offset: int, commit: Callable[[int], int], transform: Transform | None
+    ) -> int:
         """Slow path through h11 for chunked bodies (no length: only single streams)."""
         sock = self._sock
         assert sock is not None
@@ -446,7 +455,7 @@ class Connection:
                         )
                     conn.receive_data(data)
                 elif isinstance(event, h11.Data):
-                    self._write(fd, event.data, offset)
+                    self._write(fd, memoryview(bytearray(event.data)), offset, transform)
                     offset += len(event.data)
                     written += len(event.data)
                     commit(len(event.data))
@@ -462,7 +471,11 @@ class Connection:
                 raise
             raise self._network_error(exc) from exc
 
-    def _write(self, fd: int, data: memoryview | bytes, offset: int) -> None:
+    def _write(
+        self, fd: int, data: memoryview, offset: int, transform: Transform | None = None
+    ) -> None:
+        if transform is not None:
+            transform(data, offset)
         try:
             done = os.pwrite(fd, data, offset)
             while done < len(data):

@@ -1,0 +1,1 @@
+"""Source resolvers: CivitAI, Hugging Face, Google Drive, MEGA and direct URLs."""

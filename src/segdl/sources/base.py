@@ -1,0 +1,98 @@
+"""What a source resolver produces: a site-agnostic download plan.
+
+A resolver turns the URL a user pasted into a :class:`DownloadPlan`: the URL(s) to fetch with
+their headers, what the site publishes about the file (name, size, sha256, metadata), and any
+post-steps.  Engines never learn which site a URL came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from ..core.events import Metadata
+from ..io.dataplane import Transform
+
+__all__ = ["DownloadPlan", "Resolver", "SourceConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """Where each site lives (overridable for tests and mirrors) and the user's tokens.
+
+    The variable names are the contract in DESIGN.md "Configuration".
+    """
+
+    civitai_url: str = "https://civitai.com"
+    hf_endpoint: str = "https://huggingface.co"
+    gdrive_url: str = "https://drive.google.com"
+    mega_api_url: str = "https://g.api.mega.co.nz"
+    civitai_token: str | None = None
+    hf_token: str | None = None
+    cache_dir: Path | None = None  # metadata cache; None: no cache
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        civitai_token: str | None = None,
+        hf_token: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> SourceConfig:
+        env = os.environ if environ is None else environ
+        cache = env.get("SEGDL_CACHE_DIR") or os.path.join(
+            env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "segdl"
+        )
+        return cls(
+            civitai_url=env.get("SEGDL_CIVITAI_URL") or cls.civitai_url,
+            hf_endpoint=env.get("HF_ENDPOINT") or cls.hf_endpoint,
+            gdrive_url=env.get("SEGDL_GDRIVE_URL") or cls.gdrive_url,
+            mega_api_url=env.get("SEGDL_MEGA_API_URL") or cls.mega_api_url,
+            civitai_token=civitai_token or env.get("CIVITAI_TOKEN") or None,
+            hf_token=hf_token or env.get("HF_TOKEN") or None,
+            cache_dir=Path(cache),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownloadPlan:
+    """Everything an engine needs, and what the site says the result must be.
+
+    ``urls``       the file's URL(s), mirrors of one file, tried in order
+    ``headers``    request headers for ``urls`` (auth); the probe drops credentials when a
+                   redirect leaves the origin
+    ``filename``   the site's name for the file: used when there is no Content-Disposition
+    ``size``       published size in bytes, checked against the server's
+    ``sha256``     published digest (lowercase hex), verified after the download
+    ``metadata``   emitted as a ``metadata`` event before the download starts
+    ``transform``  rewrites each chunk in place before it is written (MEGA decryption)
+    ``verify``     post-step on the finished file; raises ChecksumMismatch (MEGA's MAC)
+    ``source``     "civitai", "huggingface", "gdrive", "mega" or "direct", for messages
+    """
+
+    urls: tuple[str, ...]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    filename: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    metadata: Metadata | None = None
+    transform: Transform | None = None
+    verify: Callable[[Path], Awaitable[None]] | None = None
+    source: str = "direct"
+
+
+class Resolver(Protocol):
+    """One site.  ``matches`` is cheap and pure; ``resolve`` may talk to the site's API."""
+
+    name: str
+
+    def matches(self, url: str, config: SourceConfig) -> bool: ...
+
+    async def resolve(
+        self, url: str, *, client: httpx.AsyncClient, config: SourceConfig
+    ) -> DownloadPlan: ...

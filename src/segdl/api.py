@@ -7,26 +7,32 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from enum import Enum
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import trio
 
 from .core.events import Cancelled, Error, Event, Success
-from .core.headers import choose_filename, sanitize_filename
+from .core.headers import (
+    Checksum,
+    choose_filename,
+    parse_content_disposition_filename,
+    sanitize_filename,
+)
 from .engine.native import EventSink, download_to_path
 from .engine.options import Options
-from .errors import DownloadError, InvalidURL
+from .errors import BadResponse, DownloadError, InvalidURL
 from .io.dataplane import RemoteChanged
 from .io.files import check_writable_dir, remove_sidecars
 from .io.probe import ProbeResult, check_url, probe
 from .io.tls import client_context
+from .sources.base import DownloadPlan, SourceConfig
+from .sources.resolve import resolve_url
 
 __all__ = [
     "DownloadHandle",
@@ -47,17 +53,23 @@ def _no_events(event: Event) -> None:
     pass
 
 
-async def _probe_first(urls: Sequence[str], options: Options) -> ProbeResult:
-    """Probe the URLs in order; the first that answers is used (the others are mirrors)."""
+def _client(options: Options) -> httpx.AsyncClient:
+    """The control-plane client: resolvers' API calls and the probe."""
     timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
     verify = client_context(options.ca_certificate)
+    return httpx.AsyncClient(verify=verify, timeout=timeout, trust_env=False)
+
+
+async def _probe_first(
+    client: httpx.AsyncClient, urls: Sequence[str], headers: Mapping[str, str]
+) -> ProbeResult:
+    """Probe the URLs in order; the first that answers is used (the others are mirrors)."""
     error: DownloadError | None = None
-    async with httpx.AsyncClient(verify=verify, timeout=timeout, trust_env=False) as client:
-        for url in urls:
-            try:
-                return await probe(client, url, headers=options.headers, now=_wall_clock())
-            except DownloadError as exc:
-                error = error or exc
+    for url in urls:
+        try:
+            return await probe(client, url, headers=headers, now=_wall_clock())
+        except DownloadError as exc:
+            error = error or exc
     assert error is not None
     raise error
 
@@ -74,6 +86,8 @@ async def download(
     options: Options | None = None,
     engine: str = "native",
     on_event: EventSink | None = None,
+    civitai_token: str | None = None,
+    hf_token: str | None = None,
 ) -> Success:
     """Download one file into *directory* and return its :class:`Success` event.
 
@@ -84,6 +98,8 @@ async def download(
         options: connections, split, resume and checksum settings (:class:`Options`).
         engine: ``"native"`` (segmented), ``"single"`` (one connection).
         on_event: called with every :mod:`segdl.events` event, from the trio thread.
+        civitai_token, hf_token: sent to their own site only (default: ``$CIVITAI_TOKEN``,
+            ``$HF_TOKEN``).
 
     Raises:
         DownloadError: or one of its subclasses (see :mod:`segdl.errors`); the partial file
@@ -92,7 +108,8 @@ async def download(
     emit = on_event or _no_events
     ended = False
     try:
-        result = await _download(url, directory, out, options or Options(), engine, emit)
+        config = SourceConfig.from_env(civitai_token=civitai_token, hf_token=hf_token)
+        result = await _download(url, directory, out, options or Options(), engine, emit, config)
         ended = True
         emit(result)
         return result
@@ -119,6 +136,7 @@ async def _download(
     options: Options,
     engine: str,
     emit: EventSink,
+    config: SourceConfig,
 ) -> Success:
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
@@ -133,21 +151,53 @@ async def _download(
         options = replace(options, connections=1, split=1)
     target_dir = Path(directory)
     await trio.to_thread.run_sync(check_writable_dir, target_dir)
-    for attempt in itertools.count():
-        probed = await _probe_first(urls, options)
-        name = (
-            sanitize_filename(out) if out else choose_filename(probed.content_disposition, urls[0])
-        )
-        path = target_dir / name
-        try:
-            return await download_to_path(probed, path, options, emit)
-        except RemoteChanged:
-            if attempt >= MAX_RESTARTS:
-                raise
-            # Never mix two versions: drop the partial and start over from a new probe.
-            await trio.to_thread.run_sync(remove_sidecars, path)
-            await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+    async with _client(options) as client:
+        for attempt in itertools.count():
+            # Resolved on every attempt: signed storage URLs expire, so a resume needs a
+            # fresh one.
+            plan = await resolve_url(urls[0], client=client, config=config)
+            if attempt == 0 and plan.metadata is not None:
+                emit(plan.metadata)
+            mirrors = [*plan.urls, *urls[1:]]
+            headers = {**plan.headers, **options.headers}
+            probed = await _probe_first(client, mirrors, headers)
+            if plan.size is not None and probed.size is not None and plan.size != probed.size:
+                raise BadResponse(
+                    f"the server's file is {probed.size} bytes but {plan.source} says {plan.size}",
+                    url=probed.url,
+                )
+            run_options = options
+            if options.checksum is None and plan.sha256:
+                run_options = replace(options, checksum=Checksum("sha256", plan.sha256.lower()))
+            path = target_dir / _filename(out, probed, plan, urls[0])
+            try:
+                result = await download_to_path(
+                    probed, path, run_options, emit, transform=plan.transform
+                )
+            except RemoteChanged:
+                if attempt >= MAX_RESTARTS:
+                    raise
+                # Never mix two versions: drop the partial and start over from a new probe.
+                await trio.to_thread.run_sync(remove_sidecars, path)
+                await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+                continue
+            if plan.verify is not None:
+                await plan.verify(path)
+            return result
     raise AssertionError("unreachable")
+
+
+def _filename(out: str | None, probed: ProbeResult, plan: DownloadPlan, url: str) -> str:
+    """``-o``, else Content-Disposition, else the site's name, else the URL (sanitised)."""
+    if out:
+        return sanitize_filename(out)
+    if probed.content_disposition:
+        named = parse_content_disposition_filename(probed.content_disposition)
+        if named:
+            return sanitize_filename(named)
+    if plan.filename:
+        return sanitize_filename(plan.filename)
+    return choose_filename(None, url)
 
 
 def download_sync(
@@ -158,11 +208,21 @@ def download_sync(
     options: Options | None = None,
     engine: str = "native",
     on_event: EventSink | None = None,
+    civitai_token: str | None = None,
+    hf_token: str | None = None,
 ) -> Success:
     """:func:`download` for code that is not running trio: blocks until done."""
     return trio.run(
         partial(
-            download, url, directory, out=out, options=options, engine=engine, on_event=on_event
+            download,
+            url,
+            directory,
+            out=out,
+            options=options,
+            engine=engine,
+            on_event=on_event,
+            civitai_token=civitai_token,
+            hf_token=hf_token,
         )
     )
 
@@ -225,7 +285,10 @@ class DownloadManager:
         options: Options | None = None,
         engine: str = "native",
         on_event: EventSink | None = None,
+        civitai_token: str | None = None,
+        hf_token: str | None = None,
     ) -> DownloadHandle:
+        """Queue a download; it starts when a slot is free.  Arguments as :func:`download`."""
         handle = DownloadHandle(next(self._ids), url)
         self.downloads[handle.id] = handle
 
@@ -238,7 +301,15 @@ class DownloadManager:
             self._run,
             handle,
             partial(
-                download, url, directory, out=out, options=options, engine=engine, on_event=emit
+                download,
+                url,
+                directory,
+                out=out,
+                options=options,
+                engine=engine,
+                on_event=emit,
+                civitai_token=civitai_token,
+                hf_token=hf_token,
             ),
         )
         return handle
@@ -273,28 +344,6 @@ async def open_manager(*, max_concurrent: int = 5) -> AsyncIterator[DownloadMana
 
 # -- the seed system's call --------------------------------------------------------------
 
-_TOKEN_HOSTS = {
-    "civitai": ("SEGDL_CIVITAI_URL", "https://civitai.com"),
-    "hf": ("HF_ENDPOINT", "https://huggingface.co"),
-}
-
-
-def _host_of(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
-
-
-def _token_headers(url: str, civitai_token: str | None, hf_token: str | None) -> dict[str, str]:
-    """``Authorization: Bearer`` for the site the URL belongs to, and only that site."""
-    host = _host_of(url)
-    for site, token in (("civitai", civitai_token), ("hf", hf_token)):
-        if not token:
-            continue
-        env, default = _TOKEN_HOSTS[site]
-        base = _host_of(os.environ.get(env) or default)
-        if host == base or host.endswith("." + base):
-            return {"Authorization": f"Bearer {token}"}
-    return {}
-
 
 def download_model(
     url: str,
@@ -310,9 +359,6 @@ def download_model(
     (``started``, ``progress``, ``success``, ``error``, …) besides the event's fields.
     *model_type* is recorded in the events; the folder is the caller's choice.
     """
-    civitai_token = civitai_token or os.environ.get("CIVITAI_TOKEN")
-    hf_token = hf_token or os.environ.get("HF_TOKEN")
-    options = Options(headers=_token_headers(url, civitai_token, hf_token))
 
     def emit(event: Event) -> None:
         if progress_callback is not None:
@@ -321,5 +367,7 @@ def download_model(
             data["model_type"] = model_type
             progress_callback(data)
 
-    result = download_sync(url, folder, options=options, on_event=emit)
+    result = download_sync(
+        url, folder, on_event=emit, civitai_token=civitai_token, hf_token=hf_token
+    )
     return result.path

@@ -10,13 +10,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import NoReturn, TextIO
 
 import trio
 
-from ..api import DownloadHandle, _token_headers, open_manager
+from ..api import DownloadHandle, open_manager
 from ..core.events import Error, Event, Success
 from ..core.headers import parse_checksum, parse_size
 from ..engine.options import Options, RetryPolicy
@@ -202,14 +202,15 @@ async def _run_get(
     handles: list[DownloadHandle] = []
     async with open_manager(max_concurrent=args.max_concurrent_downloads) as manager:
         for number, job in enumerate(jobs, 1):
-            headers = _token_headers(job.urls[0], args.civitai_token, args.hf_token)
             handle = manager.submit(
                 job.urls,
                 args.dir,
                 out=job.out or args.out,
-                options=replace(base, headers=headers),
+                options=base,
                 engine=args.engine,
                 on_event=partial(report, number),
+                civitai_token=args.civitai_token,
+                hf_token=args.hf_token,
             )
             handles.append(handle)
     code = EXIT_OK

@@ -102,7 +102,10 @@ def open_data_file(path: Path, size: int | None, *, truncate: bool) -> int:
     """Open (creating) the partial file and reserve *size* bytes for it.
 
     ``posix_fallocate`` reserves real blocks, so a full disk fails here rather than midway;
-    where the filesystem cannot (EOPNOTSUPP/EINVAL), the file is only extended.
+    where the filesystem cannot (EOPNOTSUPP/EINVAL), the file is only extended.  On tmpfs
+    allocating means zero-filling memory that is overwritten at once (a quarter second per
+    GiB, measured), and reserves nothing the free-space check has not already checked, so
+    there the file is only extended.
     """
     flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if truncate else 0)
     try:
@@ -114,17 +117,40 @@ def open_data_file(path: Path, size: int | None, *, truncate: bool) -> int:
             current = os.fstat(fd).st_size
             if current > size:
                 os.ftruncate(fd, size)
-            try:
-                os.posix_fallocate(fd, 0, size)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
-                if current < size:
-                    os.ftruncate(fd, size)
+            allocated = False
+            if not on_memory_filesystem(path):
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                    allocated = True
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise
+            if not allocated and current < size:
+                os.ftruncate(fd, size)
     except OSError as exc:
         os.close(fd)
         raise disk_error(exc, f"cannot allocate {size} bytes for {path}") from exc
     return fd
+
+
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def on_memory_filesystem(path: Path) -> bool:
+    """Is *path* on tmpfs/ramfs?  Reads /proc/self/mounts (Linux); False where unknown."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
+    except OSError:
+        return False
+    target = os.path.realpath(path)
+    best, fstype = "", ""
+    for mount_point, kind in mounts:
+        mount_point = mount_point.replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, fstype = mount_point, kind
+    return fstype in MEMORY_FILESYSTEMS
 
 
 def fsync_file(fd: int) -> None:

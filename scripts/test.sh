@@ -8,6 +8,8 @@ need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v aria2c >/dev/null 2>&1 || need_apt+=(aria2)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The page is tested in a real browser: Debian's chromium, driven headless.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

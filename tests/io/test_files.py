@@ -7,6 +7,7 @@ import pathlib
 
 import pytest
 
+from segdl.errors import DiskFull
 from segdl.io import files
 
 MIB = 1024 * 1024
@@ -67,5 +68,5 @@ def test_validators_round_trip_and_matching(tmp_path: pathlib.Path) -> None:
 
 def test_free_space_check(tmp_path: pathlib.Path) -> None:
     files.check_free_space(tmp_path, 1)
-    with pytest.raises(files.DiskFull, match="not enough disk space"):
+    with pytest.raises(DiskFull, match="not enough disk space"):
         files.check_free_space(tmp_path, 1 << 60)

@@ -21,6 +21,7 @@ from ..core.events import Error, Event, Success
 from ..core.headers import parse_checksum, parse_size
 from ..engine.options import Options, RetryPolicy
 from ..errors import DownloadError
+from ..server.cli import add_serve_arguments, run_serve
 from .progressbar import ProgressBar, format_bytes
 
 EXIT_OK = 0
@@ -119,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     get.add_argument("--json", action="store_true", help="print one JSON event per line")
     get.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    serve = sub.add_parser(
+        "serve", help="WebSocket server for SD user interfaces, with a download page"
+    )
+    add_serve_arguments(serve)
 
     demo = sub.add_parser("demo", help="serve a generated file locally and download it")
     demo.add_argument("--size", default="256M", help="size of the generated file (default 256M)")
@@ -276,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "get":
             code = cmd_get(args, sys.stdout, sys.stderr)
+        elif args.command == "serve":
+            code = run_serve(args)
         elif args.command == "demo":
             from .demo import run_demo
 

@@ -55,6 +55,9 @@ from ..errors import (
 __all__ = ["Connection", "Endpoint", "RemoteChanged", "ResponseHead"]
 
 USER_AGENT = "segdl/0.1"
+# A chunk slower than this halves the next one, down to MIN_CHUNK.
+SLOW_CHUNK_SECONDS = 0.25
+MIN_CHUNK = 64 * 1024
 _HEAD_LIMIT = 64 * 1024
 
 
@@ -377,12 +380,18 @@ class Connection:
         plain = not isinstance(sock, ssl.SSLSocket)
         view = self._view
         written = 0
+        # Chunk size adapts to the connection's speed: a whole buffer per syscall when fast,
+        # small chunks when slow so progress and the resume state still move a few times a
+        # second (a chunk is reported only once it is written).
+        limit = len(view)
         want = commit(0)
         while want > 0:
             if self._body_left is not None:
                 if self._body_left == 0:
                     break
                 want = min(want, self._body_left)
+            want = min(want, limit)
+            started = time.monotonic()
             filled = 0
             if self._pending:
                 take = min(want, len(self._pending))
@@ -423,6 +432,11 @@ class Connection:
                     f"connection closed by {ep.host_header} before the body was complete",
                     url=ep.url,
                 )
+            took = time.monotonic() - started
+            if took > SLOW_CHUNK_SECONDS and limit > MIN_CHUNK:
+                limit //= 2
+            elif took < SLOW_CHUNK_SECONDS / 4 and limit < len(view):
+                limit = min(len(view), limit * 2)
             want = commit(filled)
         self.reusable = head.keep_alive and self._body_left == 0 and not self._pending
         if self._body_left:

@@ -95,6 +95,7 @@ def test_directory_that_is_a_file(
         (["get", "http://h/x", "--ca-certificate", "/nonexistent.pem"], "not found"),
         (["get"], "no URL given"),
         (["get", "-i", "/nonexistent/list.txt"], "cannot read input file"),
+        (["get", "http://h/x", "--type", "../../etc"], "type"),
     ],
 )
 def test_bad_options(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ import trio
 
 from ..api import DownloadHandle, open_manager
 from ..core.events import Error, Event, Success
+from ..core.folders import model_folder
 from ..core.headers import parse_checksum, parse_size
 from ..engine.options import Options, RetryPolicy
 from ..errors import DownloadError
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--checksum", metavar="TYPE=DIGEST", help="verify, e.g. sha-256=HEX")
     get.add_argument("--ca-certificate", metavar="FILE", help="extra CA certificates (PEM)")
     get.add_argument("--engine", choices=("native", "aria2c", "single"), default="native")
+    get.add_argument(
+        "--type",
+        metavar="TYPE",
+        help="model type: save into DIR/FOLDER (SD, LoRA, TI, SR, CN, HN, VAE, Detailer, "
+        "or an alias such as checkpoint, lora, embedding, upscaler, controlnet)",
+    )
     get.add_argument("--connect-timeout", type=float, default=30.0, metavar="SEC")
     get.add_argument(
         "-t",
@@ -264,6 +271,11 @@ def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
         raise _UsageError("no URL given (pass URLs or -i FILE)")
     if args.max_concurrent_downloads < 1:
         raise _UsageError("-j must be at least 1")
+    if args.type:
+        try:
+            args.dir = os.path.join(args.dir, model_folder(args.type))
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from exc
     tty = stderr.isatty() and not args.json and not args.quiet
     report = _Reporter(
         json_lines=args.json,

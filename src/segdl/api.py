@@ -32,7 +32,7 @@ from .io.files import check_writable_dir, remove_sidecars
 from .io.probe import ProbeResult, check_url, probe
 from .io.tls import client_context
 from .sources.base import DownloadPlan, SourceConfig
-from .sources.resolve import resolve_url
+from .sources.resolve import check_source_url, resolve_url
 
 __all__ = [
     "DownloadHandle",
@@ -141,7 +141,9 @@ async def _download(
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
         raise InvalidURL("no URL given")
-    for u in urls:
+    # The first URL may be a site's short form (hf://…); mirrors must be http(s).
+    check_source_url(urls[0], config)
+    for u in urls[1:]:
         check_url(u)
     if engine not in ENGINES:
         raise DownloadError(f"unknown engine {engine!r}: choose native, single or aria2c")

@@ -424,6 +424,7 @@ class _FileDownload:
                 before = assignment.position
                 try:
                     if conn.aborted:
+                        conn.close()
                         conn = self._new_connection()
                     await self._in_thread(conn, self._fetch_range, conn, assignment)
                     failures = 0

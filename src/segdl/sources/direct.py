@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import httpx
 
 from ..io.probe import check_url
@@ -12,17 +10,11 @@ from .base import DownloadPlan, SourceConfig
 __all__ = ["DirectResolver"]
 
 
-def _host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower()
-
-
-def _under(host: str, base_url: str) -> bool:
-    base = _host(base_url)
-    return bool(base) and (host == base or host.endswith("." + base))
-
-
 class DirectResolver:
-    """The fallback: matches every http(s) URL; other schemes are refused by ``check_url``."""
+    """The fallback: matches every http(s) URL; other schemes are refused by ``check_url``.
+
+    No token is ever added here: each site's resolver sends its own token to its own site.
+    """
 
     name = "direct"
 
@@ -33,12 +25,4 @@ class DirectResolver:
         self, url: str, *, client: httpx.AsyncClient, config: SourceConfig
     ) -> DownloadPlan:
         check_url(url)
-        # A token is sent only to its own site: ``Authorization: Bearer`` is what both
-        # CivitAI and Hugging Face accept (reference/sources.md).
-        host = _host(url)
-        headers: dict[str, str] = {}
-        if config.civitai_token and _under(host, config.civitai_url):
-            headers["Authorization"] = f"Bearer {config.civitai_token}"
-        elif config.hf_token and _under(host, config.hf_endpoint):
-            headers["Authorization"] = f"Bearer {config.hf_token}"
-        return DownloadPlan(urls=(url,), headers=headers, source=self.name)
+        return DownloadPlan(urls=(url,), source=self.name)

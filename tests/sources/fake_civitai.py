@@ -1,0 +1,306 @@
+"""A fake CivitAI: the public API, the download endpoint and a presigned storage host.
+
+Written from reference/sources.md §1 and its checklist (§6):
+
+* ``GET /api/v1/model-versions/{id}`` and ``/api/v1/models/{id}`` with the documented shapes
+  (``sizeKB`` float, upper-case ``hashes``, ``primary`` true/false vs true/omitted);
+* ``/api/download/models/{v}``: the token from ``Authorization`` (its second word) first, then
+  ``?token=``; errors as JSON for programs and as text (or a ``/login`` redirect) for a
+  browser ``User-Agent``; modes for auth required, early access, archived, downloads disabled,
+  no grant and rate limit; success is a ``307`` to a presigned storage URL;
+* the storage host (a second server, so another origin) answers ``403`` to an expired
+  signature and to any ``Authorization`` header, and serves ranges with a
+  ``Content-Disposition: attachment; filename="…"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import threading
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+from urllib.parse import quote
+
+from fakeweb import bearer, check_clean, json_answer, split_target, text
+
+from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
+
+Mode = Literal["ok", "early_access", "archived", "disabled", "no_grant", "unpublished"]
+BROWSERS = ("mozilla", "chrome", "safari", "firefox", "opera", "edge")
+NO_STORE = {"Cache-Control": "no-store, max-age=0"}
+
+
+@dataclass
+class CivitFile:
+    id: int
+    name: str
+    body: bytes
+    type: str = "Model"
+    primary: bool = True
+    format: str = "SafeTensor"
+    size: str = "pruned"
+    fp: str = "fp16"
+    #: What the API claims the SHA256 is (None: the real digest).
+    claimed_sha256: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        return (self.claimed_sha256 or hashlib.sha256(self.body).hexdigest()).upper()
+
+
+@dataclass
+class CivitVersion:
+    id: int
+    name: str
+    files: list[CivitFile]
+    base_model: str = "SD 1.5"
+    trained_words: list[str] = field(default_factory=list)
+    require_auth: bool = True
+    mode: Mode = "ok"
+
+
+@dataclass
+class CivitModel:
+    id: int
+    name: str
+    type: str
+    versions: list[CivitVersion]
+
+
+class FakeCivitAI:
+    """``with FakeCivitAI(tokens={"civ-secret"}) as fake: fake.add(model)``."""
+
+    def __init__(self, *, tokens: set[str] | None = None, rate_limit: int | None = None) -> None:
+        self.site = RangeServer()
+        self.storage = RangeServer(rate_limit=rate_limit)
+        self.tokens = tokens if tokens is not None else {"civ-secret"}
+        self.rate_limited = False
+        #: Answer every client as a browser (as the 2023 code did by Content-Type, §1.3).
+        self.treat_all_as_browser = False
+        self._models: dict[int, CivitModel] = {}
+        self._versions: dict[int, tuple[CivitModel, CivitVersion]] = {}
+        self._valid_signatures: set[str] = set()
+        self._signatures = itertools.count(1)
+        self._lock = threading.Lock()
+        self.site.on_request(self._site)
+        self.storage.on_request(self._storage)
+
+    # ---- setup
+
+    def add(self, model: CivitModel) -> None:
+        self._models[model.id] = model
+        for version in model.versions:
+            self._versions[version.id] = (model, version)
+            for f in version.files:
+                self.storage.add(
+                    self._object_path(f),
+                    Resource(body=f.body, content_disposition=f'attachment; filename="{f.name}"'),
+                )
+
+    def expire_storage_urls(self) -> None:
+        """Every storage URL handed out so far stops working (``X-Amz-Expires`` passed)."""
+        with self._lock:
+            self._valid_signatures.clear()
+
+    @property
+    def base_url(self) -> str:
+        return self.site.base_url
+
+    def __enter__(self) -> FakeCivitAI:
+        self.site.start()
+        self.storage.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.site.stop()
+        self.storage.stop()
+        check_clean(self.site, self.storage)
+
+    # ---- the metadata API
+
+    def _file_json(
+        self, version: CivitVersion, f: CivitFile, *, in_models: bool
+    ) -> dict[str, object]:
+        data: dict[str, object] = {
+            "id": f.id,
+            "name": f.name,
+            "type": f.type,
+            "sizeKB": len(f.body) / 1024,
+            "metadata": {"format": f.format, "size": f.size, "fp": f.fp},
+            "pickleScanResult": "Success",
+            "virusScanResult": "Success",
+            "hashes": {
+                "AutoV2": f.sha256[:10],
+                "SHA256": f.sha256,
+                "CRC32": "DAEE95B7",
+            },
+            "downloadUrl": f"{self.base_url}/api/download/models/{version.id}"
+            + ("" if f.primary else f"?type={quote(f.type)}&format={f.format}"),
+        }
+        if f.primary or not in_models:
+            data["primary"] = f.primary  # /api/v1/models omits a false primary
+        return data
+
+    def _version_json(
+        self, model: CivitModel, version: CivitVersion, *, in_models: bool = False
+    ) -> dict[str, object]:
+        data: dict[str, object] = {
+            "id": version.id,
+            "modelId": model.id,
+            "name": version.name,
+            "baseModel": version.base_model,
+            "baseModelType": "Standard",
+            "air": f"urn:air:sd1:{model.type.lower()}:civitai:{model.id}@{version.id}",
+            "status": "Published",
+            "trainedWords": version.trained_words,
+            "files": []
+            if version.mode == "archived"
+            else [self._file_json(version, f, in_models=in_models) for f in version.files],
+            "images": [],
+            "downloadUrl": f"{self.base_url}/api/download/models/{version.id}",
+        }
+        if not in_models:
+            data["model"] = {"name": model.name, "type": model.type, "nsfw": False, "poi": False}
+        return data
+
+    def _site(self, info: RequestInfo) -> Fault | None:
+        path, query = split_target(info.path)
+        if match := re.fullmatch(r"/api/v1/model-versions/([0-9]+)", path):
+            found = self._versions.get(int(match.group(1)))
+            if found is None or found[1].mode == "unpublished":
+                return json_answer(404, {"error": "Model not found"})
+            return json_answer(200, self._version_json(*found))
+        if match := re.fullmatch(r"/api/v1/models/([0-9]+)", path):
+            model = self._models.get(int(match.group(1)))
+            if model is None:
+                return json_answer(404, {"error": "No model with id " + match.group(1)})
+            published = [v for v in model.versions if v.mode != "unpublished"]
+            return json_answer(
+                200,
+                {
+                    "id": model.id,
+                    "name": model.name,
+                    "type": model.type,
+                    "modelVersions": [
+                        self._version_json(model, v, in_models=True) for v in published
+                    ],
+                },
+            )
+        if match := re.fullmatch(r"/api/download/models/([0-9]+)", path):
+            return self._download(int(match.group(1)), info, query)
+        return None
+
+    # ---- the download endpoint (§1.3)
+
+    def _download(self, version_id: int, info: RequestInfo, query: dict[str, str]) -> Fault:
+        agent = info.headers.get("user-agent", "").lower()
+        browser = self.treat_all_as_browser or any(b in agent for b in BROWSERS)
+
+        def error(status: int, error: str, **fields: str) -> Fault:
+            if browser:
+                return text(status, error, headers=NO_STORE)
+            return json_answer(status, {"error": error, **fields}, headers=NO_STORE)
+
+        # §1.2: the Authorization header wins; then ?token=.
+        token = bearer(info.headers)
+        if token is None:
+            token = query.get("token")
+        user = token if token in self.tokens else None
+        if self.rate_limited:
+            return error(
+                429,
+                "We've noticed an unusual amount of downloading from your account. Contact "
+                "support@civitai.com or come back later.",
+            )
+        found = self._versions.get(version_id)
+        if found is None or found[1].mode == "unpublished":
+            return error(404, "File not found")
+        _model, version = found
+        chosen = self._choose(version, query)
+        if chosen is None:
+            return error(404, "File not found")
+        if version.mode == "archived":
+            return error(410, "Model archived, not available for download")
+        if version.mode == "disabled":
+            return json_answer(
+                401,
+                {
+                    "error": "Unauthorized",
+                    "message": "The creator of this asset has disabled downloads on this file",
+                },
+                headers=NO_STORE,
+            )
+        if version.require_auth and user is None:
+            if browser:
+                return Fault.status(
+                    307,
+                    headers={
+                        "Location": f"/login?returnUrl=%2Fmodel-versions%2F{version_id}"
+                        "&reason=download-auth",
+                        **NO_STORE,
+                    },
+                )
+            return error(
+                401,
+                "Unauthorized",
+                message="The creator of this asset requires you to be logged in to download it",
+            )
+        if version.mode == "early_access":
+            if browser:
+                return Fault.status(307, headers={"Location": f"/model-versions/{version_id}"})
+            return error(
+                403,
+                "Early Access",
+                deadline="2026-12-31T00:00:00.000Z",
+                message="This asset is in Early Access. You can use Buzz access it now!",
+            )
+        if version.mode == "no_grant":
+            return error(403, "You do not have access to download this file")
+        signature = f"sig{next(self._signatures)}"
+        with self._lock:
+            self._valid_signatures.add(signature)
+        disposition = quote(f'attachment; filename="{chosen.name}"')
+        location = self.storage.url(
+            f"{self._object_path(chosen)}?X-Amz-Expires=86400"
+            f"&response-content-disposition={disposition}"
+            f"&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature={signature}"
+        )
+        return Fault.status(307, headers={"Location": location, **NO_STORE})
+
+    def _choose(self, version: CivitVersion, query: dict[str, str]) -> CivitFile | None:
+        if "fileId" in query:
+            return next((f for f in version.files if str(f.id) == query["fileId"]), None)
+        keys = {k: v for k, v in query.items() if k in ("type", "format", "size", "fp")}
+        if not keys:
+            return next((f for f in version.files if f.primary), None)
+        for f in version.files:
+            own = {"type": f.type, "format": f.format, "size": f.size, "fp": f.fp}
+            if all(own[k] == v for k, v in keys.items()):
+                return f
+        return None
+
+    @staticmethod
+    def _object_path(f: CivitFile) -> str:
+        # The object key is not the user-facing name (§1.4).
+        return f"/civitai-delivery/{f.id}/model/{hashlib.sha1(f.name.encode()).hexdigest()[:8]}.bin"
+
+    # ---- the storage host (§1.4)
+
+    def _storage(self, info: RequestInfo) -> Fault | None:
+        if "authorization" in info.headers:
+            # A presigned URL plus a foreign credential: the storage host refuses it.
+            return text(403, "Forbidden: unexpected Authorization header")
+        _path, query = split_target(info.path)
+        with self._lock:
+            valid = query.get("X-Amz-Signature") in self._valid_signatures
+        if not valid:
+            return text(403, "Request has expired")
+        return None

@@ -25,7 +25,9 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 
 from ..core.folders import model_folder
 from ..engine.options import Options
-from ..errors import redact_url
+from ..errors import DownloadError, redact_url
+from ..sources.base import SourceConfig
+from ..sources.resolve import check_source_url
 from . import messages
 from .downloads import DownloadFunction, DownloadQueue, Subscriber
 from .http import ReplayStream, is_websocket_upgrade, read_request_head, respond
@@ -271,9 +273,14 @@ class _Server:
             client.outbox.put(messages.download_error(id, "no URL given"))
             return
         url = url.strip()
-        parts = urlsplit(url)
-        if len(url) > MAX_URL or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-            client.outbox.put(messages.download_error(id, "only http and https URLs are accepted"))
+        if len(url) > MAX_URL:
+            client.outbox.put(messages.download_error(id, "the URL is too long"))
+            return
+        try:
+            # http(s), or a site's short form its resolver understands (hf://…).
+            check_source_url(url, SourceConfig.from_env())
+        except DownloadError as exc:
+            client.outbox.put(messages.download_error(id, str(exc)))
             return
         try:
             folder = model_folder(data.get("type", ""))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import ssl
@@ -55,6 +56,8 @@ from ..errors import (
 __all__ = ["Connection", "Endpoint", "RemoteChanged", "ResponseHead"]
 
 USER_AGENT = "segdl/0.1"
+# One splice moves at most a pipe's capacity; 1 MiB is Linux's default pipe-max-size.
+PIPE_SIZE = 1024 * 1024
 # A chunk slower than this halves the next one, down to MIN_CHUNK.
 SLOW_CHUNK_SECONDS = 0.25
 MIN_CHUNK = 64 * 1024
@@ -144,6 +147,8 @@ class Connection:
         self.reusable = False
         self.requests = 0
         self._head: ResponseHead | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._can_splice = hasattr(os, "splice")
         self._h11: h11.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -212,6 +217,7 @@ class Connection:
         with self._lock:
             sock, self._sock = self._sock, None
         self.reusable = False
+        self._close_pipe()
         if sock is not None:
             sock.close()
 
@@ -393,6 +399,9 @@ class Connection:
             want = min(want, limit)
             started = time.monotonic()
             filled = 0
+            # Plain bodies go socket → pipe → file inside the kernel (no copy through
+            # Python): fewer copies, less system time.
+            spliced = plain and transform is None and not self._pending and self._can_splice
             if self._pending:
                 take = min(want, len(self._pending))
                 view[:take] = self._pending[:take]
@@ -400,7 +409,9 @@ class Connection:
                 filled = take
             try:
                 while filled < want:
-                    if plain:
+                    if spliced:
+                        n = self._splice(sock, fd, offset + filled, want - filled)
+                    elif plain:
                         n = sock.recv_into(view[filled:want], want - filled, socket.MSG_WAITALL)
                     else:
                         n = sock.recv_into(view[filled:want], want - filled)
@@ -410,13 +421,15 @@ class Connection:
             except (OSError, ssl.SSLError) as exc:
                 # Keep what arrived before the failure: it is valid data of the range.
                 if filled:
-                    self._write(fd, view[:filled], offset, transform)
+                    if not spliced:
+                        self._write(fd, view[:filled], offset, transform)
                     commit(filled)
                     written += filled
                 self.reusable = False
                 raise self._network_error(exc) from exc
             if filled:
-                self._write(fd, view[:filled], offset, transform)
+                if not spliced:
+                    self._write(fd, view[:filled], offset, transform)
                 offset += filled
                 written += filled
                 if self._body_left is not None:
@@ -443,6 +456,36 @@ class Connection:
             # Stopped early (range stolen or cancelled): the rest of the body is unread.
             self.reusable = False
         return written
+
+    def _splice(self, sock: socket.socket, fd: int, offset: int, count: int) -> int:
+        """Move up to *count* body bytes from the socket into *fd* at *offset*; 0 at EOF."""
+        if self._pipe is None:
+            self._pipe = os.pipe()
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._pipe[1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        read_end, write_end = self._pipe
+        moved = os.splice(
+            sock.fileno(), write_end, count, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE
+        )
+        done = 0
+        try:
+            while done < moved:
+                done += os.splice(
+                    read_end, fd, moved - done, offset_dst=offset + done, flags=os.SPLICE_F_MOVE
+                )
+        except OSError as exc:
+            # Bytes left in the pipe belong to no file position any more: drop the pipe.
+            self._close_pipe()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"disk full while writing: {exc.strerror}") from exc
+            raise DiskError(f"cannot write to the file: {exc.strerror}") from exc
+        return moved
+
+    def _close_pipe(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            os.close(pipe[0])
+            os.close(pipe[1])
 
     def _stream_chunked(
         self, fd: int, offset: int, commit: Callable[[int], int], transform: Transform | None

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import threading
 from collections.abc import Callable
 
@@ -247,3 +248,20 @@ def test_threads_are_not_leaked(range_server: RangeServer, tmp_path: pathlib.Pat
     segdl.download_sync(range_server.url("/t.bin"), tmp_path)
     # trio keeps idle worker threads cached briefly; none of ours may be blocked for good.
     assert threading.active_count() <= before + 16
+
+
+def test_engines_give_the_same_file(range_server: RangeServer, tmp_path: pathlib.Path) -> None:
+    """Each engine through the public call; aria2c only where it is installed (CI has it)."""
+    range_server.add("/e.bin", Resource(body=BODY))
+    engines = ["native", "single"]
+    if shutil.which("aria2c") or os.environ.get("CI") == "true":
+        engines.append("aria2c")
+    for engine in engines:
+        events: list[segdl.Event] = []
+        result = segdl.download_sync(
+            range_server.url("/e.bin"), tmp_path / engine, engine=engine, on_event=events.append
+        )
+        assert hashlib.sha256(pathlib.Path(result.path).read_bytes()).hexdigest() == SHA
+        assert events[-1].type == "success", engine
+    with pytest.raises(segdl.DownloadError, match="unknown engine"):
+        segdl.download_sync(range_server.url("/e.bin"), tmp_path, engine="wget")

@@ -24,6 +24,8 @@ from .core.headers import (
     parse_content_disposition_filename,
     sanitize_filename,
 )
+from .engine.aria2c import NOT_INSTALLED as ARIA2C_NOT_INSTALLED
+from .engine.aria2c import aria2c_available, download_with_aria2c
 from .engine.native import EventSink, download_to_path
 from .engine.options import Options
 from .errors import BadResponse, DownloadError, InvalidURL
@@ -147,8 +149,8 @@ async def _download(
         check_url(u)
     if engine not in ENGINES:
         raise DownloadError(f"unknown engine {engine!r}: choose native, single or aria2c")
-    if engine == "aria2c":
-        raise DownloadError("the aria2c engine is not available in this version of segdl")
+    if engine == "aria2c" and not aria2c_available():
+        raise DownloadError(ARIA2C_NOT_INSTALLED)
     if engine == "single":
         options = replace(options, connections=1, split=1)
     target_dir = Path(directory)
@@ -173,9 +175,17 @@ async def _download(
                 run_options = replace(options, checksum=Checksum("sha256", plan.sha256.lower()))
             path = target_dir / _filename(out, probed, plan, urls[0])
             try:
-                result = await download_to_path(
-                    probed, path, run_options, emit, transform=plan.transform
-                )
+                if engine == "aria2c":
+                    if plan.transform is not None:
+                        raise DownloadError(
+                            f"the aria2c engine cannot download {plan.source} files (they are "
+                            "decrypted chunk by chunk); use --engine native"
+                        )
+                    result = await download_with_aria2c(probed, path, run_options, emit)
+                else:
+                    result = await download_to_path(
+                        probed, path, run_options, emit, transform=plan.transform
+                    )
             except RemoteChanged:
                 if attempt >= MAX_RESTARTS:
                     raise

@@ -252,8 +252,8 @@ def main() -> None:
     parser.add_argument("--size", default="1G", help="file size for http and https")
     parser.add_argument(
         "--limited-size",
-        default="256M",
-        help="file size for the rate-limited scenarios (curl is one stream)",
+        default="512M",
+        help="file size for the rate-limited scenarios (one-stream tools run once there)",
     )
     parser.add_argument("--rate", default="8m", help="per-connection limit (nginx syntax)")
     parser.add_argument("--latency", type=float, default=0.15, help="seconds before each response")

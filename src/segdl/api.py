@@ -24,8 +24,6 @@ from .core.headers import (
     parse_content_disposition_filename,
     sanitize_filename,
 )
-from .engine.aria2c import NOT_INSTALLED as ARIA2C_NOT_INSTALLED
-from .engine.aria2c import aria2c_available, download_with_aria2c
 from .engine.native import EventSink, download_to_path
 from .engine.options import Options
 from .errors import BadResponse, DownloadError, InvalidURL
@@ -149,8 +147,13 @@ async def _download(
         check_url(u)
     if engine not in ENGINES:
         raise DownloadError(f"unknown engine {engine!r}: choose native, single or aria2c")
-    if engine == "aria2c" and not aria2c_available():
-        raise DownloadError(ARIA2C_NOT_INSTALLED)
+    if engine == "aria2c":
+        # Imported here: the aria2c engine pulls in trio-websocket, which the native
+        # engine does not need at start-up.
+        from .engine.aria2c import NOT_INSTALLED, aria2c_available, download_with_aria2c
+
+        if not aria2c_available():
+            raise DownloadError(NOT_INSTALLED)
     if engine == "single":
         options = replace(options, connections=1, split=1)
     target_dir = Path(directory)

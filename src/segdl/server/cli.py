@@ -8,11 +8,18 @@ import ssl
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
-from .app import ServerInfo, ServeSettings, is_loopback, serve_segdl
-from .wire import DEFAULT_PASSWORD, Scheme
+from . import DEFAULT_PASSWORD
+
+if TYPE_CHECKING:
+    from .app import ServerInfo, ServeSettings
+    from .wire import Scheme
+
+# ``.app`` (trio-websocket, wsproto) is imported only when the server runs: every
+# ``segdl get`` builds this parser, and should not pay for the server's imports.
 
 __all__ = ["add_serve_arguments", "run_serve", "startup_warning"]
 
@@ -63,6 +70,8 @@ def _ssl_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
 
 
 def startup_warning(host: str, password: str) -> str | None:
+    from .app import is_loopback
+
     if is_loopback(host) or password != DEFAULT_PASSWORD:
         return None
     return (
@@ -89,6 +98,8 @@ def run_serve(args: argparse.Namespace) -> int:
     warning = startup_warning(args.host, args.password)
     if warning:
         print(f"segdl serve: WARNING: {warning}", file=sys.stderr)
+    from .app import ServeSettings
+
     settings = ServeSettings(
         host=args.host,
         port=args.port,
@@ -98,6 +109,8 @@ def run_serve(args: argparse.Namespace) -> int:
         allowed_origins=tuple(args.allow_origin),
     )
     print("segdl serve: deriving the key…", file=sys.stderr)
+    from .wire import Scheme
+
     scheme = Scheme.from_password(args.password)
     failures: list[OSError] = []
     try:
@@ -124,6 +137,8 @@ def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
 
 async def _main(settings: ServeSettings, scheme: Scheme) -> None:
     async with trio.open_nursery() as nursery:
+        from .app import serve_segdl
+
         info: ServerInfo = await nursery.start(serve_segdl, settings, scheme)
         print(
             f"segdl serve: the page is at {info.url}, the protocol at "

@@ -27,6 +27,8 @@ import bson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import DEFAULT_PASSWORD
+
 __all__ = [
     "DEFAULT_PASSWORD",
     "Codec",
@@ -38,7 +40,6 @@ __all__ = [
     "encode",
 ]
 
-DEFAULT_PASSWORD: Final = "qDiffusion"
 PBKDF2_ROUNDS: Final = 480_000
 NONCE_SIZE: Final = 16
 TAG_SIZE: Final = 16

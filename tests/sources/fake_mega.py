@@ -242,7 +242,8 @@ class FakeMega:
         match = re.fullmatch(r"(/dl/[^/]+)/([0-9]+)-([0-9]+)", info.path)
         if match is None:
             return None
-        handle = match.group(1).rsplit("-", 1)[1]
+        # The token is "t{n}-{handle}"; handles are base64url and may contain "-" too.
+        handle = match.group(1).removeprefix("/dl/").split("-", 1)[1]
         data = self.files[handle].ciphertext()
         first, last = int(match.group(2)), int(match.group(3))
         return Fault.status(

@@ -124,6 +124,16 @@ async def test_segmented_download_and_legacy_link(mega: FakeMega, source_env: pa
         assert "authorization" not in r.headers
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+async def test_handles_and_keys_with_dashes_and_underscores(
+    mega: FakeMega, source_env: pathlib.Path, legacy: bool
+) -> None:
+    """base64url handles may hold "-" and "_": links must still parse, in both shapes."""
+    file = mega.add(MegaFile("dash.bin", os.urandom(200_000), handle="a-b_c-d_"))
+    await segdl.download(file.link(legacy=legacy), source_env)
+    assert (source_env / "dash.bin").read_bytes() == file.plain
+
+
 async def test_tampered_byte_is_a_checksum_mismatch(
     mega: FakeMega, source_env: pathlib.Path
 ) -> None:

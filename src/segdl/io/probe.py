@@ -10,7 +10,8 @@ From the final answer it learns the size (``Content-Range`` of a 206, else
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -31,7 +32,14 @@ from ..errors import (
     status_error,
 )
 
-__all__ = ["ProbeResult", "check_url", "probe", "same_origin", "strip_credentials"]
+__all__ = [
+    "ProbeResult",
+    "check_url",
+    "httpx_errors",
+    "probe",
+    "same_origin",
+    "strip_credentials",
+]
 
 MAX_REDIRECTS = 20
 # Headers that carry credentials; dropped when a redirect leaves the origin.
@@ -72,6 +80,23 @@ def check_url(url: str) -> str:
     return url
 
 
+@contextmanager
+def httpx_errors(url: str) -> Iterator[None]:
+    """The one seam where httpx's exceptions become segdl's (probe and site APIs alike)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise Timeout(f"timed out talking to {_host(url)}", url=url) from exc
+    except httpx.TooManyRedirects as exc:
+        raise BadResponse(f"too many redirects from {redact_url(url)}", url=url) from exc
+    except httpx.UnsupportedProtocol as exc:
+        raise InvalidURL(f"unsupported URL: {redact_url(url)}", url=url) from exc
+    except httpx.InvalidURL as exc:
+        raise InvalidURL(f"invalid URL: {redact_url(url)}", url=url) from exc
+    except httpx.TransportError as exc:
+        raise NetworkError(f"cannot reach {_host(url)}: {_reason(exc)}", url=url) from exc
+
+
 def same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
@@ -96,18 +121,8 @@ async def probe(
         request = client.build_request(
             "GET", current, headers={**sent, "Range": "bytes=0-0", "Accept-Encoding": "identity"}
         )
-        try:
+        with httpx_errors(current):
             response = await client.send(request, stream=True, follow_redirects=False)
-        except httpx.TimeoutException as exc:
-            raise Timeout(f"timed out talking to {_host(current)}", url=current) from exc
-        except httpx.UnsupportedProtocol as exc:
-            raise InvalidURL(f"unsupported URL: {redact_url(current)}", url=current) from exc
-        except httpx.InvalidURL as exc:
-            raise InvalidURL(f"invalid URL: {redact_url(current)}", url=current) from exc
-        except httpx.TransportError as exc:
-            raise NetworkError(
-                f"cannot reach {_host(current)}: {_reason(exc)}", url=current
-            ) from exc
         try:
             if response.is_redirect:
                 location = response.headers.get("location")

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import BadResponse, NetworkError, Timeout, redact_url
+from ..errors import BadResponse, redact_url
+from ..io.probe import httpx_errors
 
 __all__ = [
     "USER_AGENT",
@@ -110,16 +111,8 @@ async def open_response(
     request = client.build_request(
         method, url, headers={"User-Agent": USER_AGENT, **(headers or {})}, content=content
     )
-    try:
+    with httpx_errors(url):
         response = await client.send(request, stream=True, follow_redirects=follow_redirects)
-    except httpx.TimeoutException as exc:
-        raise Timeout(f"timed out talking to {_host(url)}", url=url) from exc
-    except httpx.TooManyRedirects as exc:
-        raise BadResponse(f"too many redirects from {redact_url(url)}", url=url) from exc
-    except httpx.TransportError as exc:
-        raise NetworkError(
-            f"cannot reach {_host(url)}: {exc or type(exc).__name__}", url=url
-        ) from exc
     try:
         yield response
     finally:
@@ -131,7 +124,7 @@ async def read_body(response: httpx.Response, *, limit: int = MAX_BODY) -> bytes
     url = str(response.url)
     chunks: list[bytes] = []
     total = 0
-    try:
+    with httpx_errors(url):
         async for chunk in response.aiter_bytes():
             total += len(chunk)
             if total > limit:
@@ -140,10 +133,6 @@ async def read_body(response: httpx.Response, *, limit: int = MAX_BODY) -> bytes
                     url=url,
                 )
             chunks.append(chunk)
-    except httpx.TimeoutException as exc:
-        raise Timeout(f"timed out reading from {_host(url)}", url=url) from exc
-    except httpx.TransportError as exc:
-        raise NetworkError(f"connection to {_host(url)} failed: {exc}", url=url) from exc
     return b"".join(chunks)
 
 

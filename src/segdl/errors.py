@@ -165,7 +165,8 @@ def status_error(
     elif status in (401, 403):
         cls = AuthError
         message += " (authentication failed or a token is required)"
-    elif status in (429, 503):
+    elif status in (429, 503, 509):
+        # 509 "Bandwidth Limit Exceeded" (non-standard; MEGA's storage hosts send it).
         cls = ServerBusy
     else:
         cls = HTTPStatusError

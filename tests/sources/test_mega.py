@@ -186,6 +186,26 @@ async def test_bandwidth_limit_names_the_wait(mega: FakeMega, source_env: pathli
     assert files_in(source_env) == []
 
 
+async def test_bandwidth_limit_on_the_data_connections_is_server_busy(
+    monkeypatch: pytest.MonkeyPatch, source_env: pathlib.Path
+) -> None:
+    """A 509 from the storage host once resolving has succeeded: exit 29, partial kept."""
+    with FakeMega() as fake:
+        monkeypatch.setenv("SEGDL_MEGA_API_URL", fake.api_url)
+        file = fake.add(MegaFile("m.bin", os.urandom(3 * MIB)))
+
+        def on_event(event: segdl.Event) -> None:
+            if isinstance(event, segdl.Started):
+                fake.over_quota_seconds = 60
+
+        options = segdl.Options(retry=segdl.RetryPolicy(max_tries=2, base_delay=0.01))
+        with pytest.raises(segdl.ServerBusy) as info:
+            await segdl.download(file.link(), source_env, options=options, on_event=on_event)
+    assert info.value.exit_code == 29
+    assert "509" in str(info.value)
+    assert (source_env / "m.bin.aria2").exists()
+
+
 async def test_storage_path_ranges_of_the_fake() -> None:
     """The fake also honours MEGA's ``{g}/{start}-{end}`` form, as the web client uses it."""
     with FakeMega() as fake:

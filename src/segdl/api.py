@@ -26,6 +26,7 @@ from .core.headers import (
 )
 from .engine.native import EventSink, download_to_path
 from .engine.options import Options
+from .engine.throttle import RateLimit
 from .errors import BadResponse, DownloadError, InvalidURL
 from .io.dataplane import RemoteChanged
 from .io.files import check_writable_dir, remove_sidecars
@@ -88,6 +89,7 @@ async def download(
     on_event: EventSink | None = None,
     civitai_token: str | None = None,
     hf_token: str | None = None,
+    limits: Sequence[RateLimit] = (),
 ) -> Success:
     """Download one file into *directory* and return its :class:`Success` event.
 
@@ -100,6 +102,8 @@ async def download(
         on_event: called with every :mod:`segdl.events` event, from the trio thread.
         civitai_token, hf_token: sent to their own site only (default: ``$CIVITAI_TOKEN``,
             ``$HF_TOKEN``).
+        limits: bandwidth limits every connection passes (:class:`RateLimit`; share one
+            among downloads for an overall limit, change it with ``set`` at any time).
 
     Raises:
         DownloadError: or one of its subclasses (see :mod:`segdl.errors`); the partial file
@@ -109,7 +113,9 @@ async def download(
     ended = False
     try:
         config = SourceConfig.from_env(civitai_token=civitai_token, hf_token=hf_token)
-        result = await _download(url, directory, out, options or Options(), engine, emit, config)
+        result = await _download(
+            url, directory, out, options or Options(), engine, emit, config, tuple(limits)
+        )
         ended = True
         emit(result)
         return result
@@ -137,6 +143,7 @@ async def _download(
     engine: str,
     emit: EventSink,
     config: SourceConfig,
+    limits: tuple[RateLimit, ...],
 ) -> Success:
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
@@ -184,10 +191,12 @@ async def _download(
                             f"the aria2c engine cannot download {plan.source} files (they are "
                             "decrypted chunk by chunk); use --engine native"
                         )
-                    result = await download_with_aria2c(probed, path, run_options, emit)
+                    result = await download_with_aria2c(
+                        probed, path, run_options, emit, limits=limits
+                    )
                 else:
                     result = await download_to_path(
-                        probed, path, run_options, emit, transform=plan.transform
+                        probed, path, run_options, emit, transform=plan.transform, limits=limits
                     )
             except RemoteChanged:
                 if attempt >= MAX_RESTARTS:

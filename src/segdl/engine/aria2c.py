@@ -42,7 +42,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -76,6 +76,7 @@ from ..io.dataplane import USER_AGENT
 from ..io.probe import ProbeResult
 from .native import EventSink, TargetState, _hash_file, prepare_target
 from .options import Options
+from .throttle import RateLimit
 
 __all__ = ["aria2c_available", "download_with_aria2c", "find_aria2c"]
 
@@ -192,7 +193,12 @@ def error_from_status(code: int, message: str, *, url: str) -> DownloadError:
 
 
 async def download_with_aria2c(
-    probe: ProbeResult, path: Path, options: Options, emit: EventSink
+    probe: ProbeResult,
+    path: Path,
+    options: Options,
+    emit: EventSink,
+    *,
+    limits: Sequence[RateLimit] = (),
 ) -> Success:
     """Download what *probe* describes into *path* with aria2c, resuming what can be resumed.
 
@@ -220,7 +226,7 @@ async def download_with_aria2c(
         )
     else:
         async with open_aria2c(binary, options) as aria2:
-            await _run_download(aria2, probe, path, options, emit, start)
+            await _run_download(aria2, probe, path, options, emit, start, limits)
         # aria2c checked --checksum itself before it reported the download complete.
         verified = options.checksum is not None
     digest = await _digest(path, probe, options, verified=verified)
@@ -326,8 +332,12 @@ async def _run_download(
     options: Options,
     emit: EventSink,
     start: TargetState,
+    limits: Sequence[RateLimit],
 ) -> None:
-    gid = await aria2.add_uri([probe.url], download_options(probe, path, options, start))
+    add_options = download_options(probe, path, options, start)
+    applied_limit = _aria2_limit(options, limits)
+    add_options["max-download-limit"] = str(applied_limit)
+    gid = await aria2.add_uri([probe.url], add_options)
     meter = RateMeter(total=probe.size, start_bytes=start.resumed_bytes, now=trio.current_time())
     while True:
         status = await aria2.tell_status(gid)
@@ -373,7 +383,24 @@ async def _run_download(
                 connections=_int(status.get("connections")) or 0,
             )
         )
+        limit = _aria2_limit(options, limits)
+        if limit != applied_limit:
+            # A limit changed while running: aria2 applies a new max-download-limit live.
+            await aria2.call("aria2.changeOption", gid, {"max-download-limit": str(limit)})
+            applied_limit = limit
         await aria2.wait_for_news(gid, options.progress_interval)
+
+
+def _aria2_limit(options: Options, limits: Sequence[RateLimit]) -> int:
+    """aria2's ``max-download-limit`` (bytes/s, 0 = none): the tightest of our limits.
+
+    aria2c limits each download on its own, so a limit shared with other downloads (an
+    overall limit) is applied to this one as a whole rather than shared.
+    """
+    rates = [limit.rate for limit in limits if limit.rate is not None]
+    if options.max_download_limit is not None:
+        rates.append(options.max_download_limit)
+    return max(1, int(min(rates))) if rates else 0
 
 
 def _int(value: str | None) -> int | None:

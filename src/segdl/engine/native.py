@@ -18,7 +18,7 @@ import os
 import random
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +52,7 @@ from ..io.dataplane import Connection, Endpoint, RemoteChanged, ResponseHead, Tr
 from ..io.probe import ProbeResult
 from ..io.tls import client_context
 from .options import Options
+from .throttle import RateLimit, chunk_for_limits, wait_for_limits
 
 __all__ = ["EventSink", "download_to_path"]
 
@@ -122,8 +123,8 @@ class _Ledger:
         with self.lock:
             self.pieces.release(assignment_id)
 
-    def committer(self, assignment_id: int, chunk: int) -> Callable[[int], int]:
-        def commit(nbytes: int) -> int:
+    def committer(self, assignment_id: int) -> Callable[[int, int], int]:
+        def commit(nbytes: int, chunk: int) -> int:
             with self.lock:
                 return self.pieces.commit(assignment_id, nbytes, chunk)
 
@@ -283,8 +284,12 @@ class _FileDownload:
         start: TargetState,
         connect: ConnectionFactory,
         transform: Transform | None,
+        limits: Sequence[RateLimit],
     ) -> None:
         self.connect = connect
+        self.limits = tuple(limits)
+        if options.max_download_limit is not None:
+            self.limits += (RateLimit(options.max_download_limit),)
         self.transform = transform
         self.probe = probe
         self.path = path
@@ -494,8 +499,26 @@ class _FileDownload:
             return 0
         head = conn.request(headers=self.probe.headers, first=first, last=last)
         self._check_range_response(head, first, last)
-        commit = self.ledger.committer(a.id, self.options.buffer_size)
+        commit = self._throttled(conn, self.ledger.committer(a.id))
         return conn.stream_into_file(self.fd, first, commit, transform=self.transform)
+
+    def _throttled(
+        self, conn: ConnectionLike, record: Callable[[int, int], int]
+    ) -> Callable[[int], int]:
+        """The data plane's ``commit``: record the chunk, wait out the rate limits, and
+        say how much to read next (smaller chunks under a limit keep connections fair)."""
+        limits = self.limits
+        buffer_size = self.options.buffer_size
+        if not limits:
+            return lambda nbytes: record(nbytes, buffer_size)
+
+        def commit(nbytes: int) -> int:
+            want = record(nbytes, chunk_for_limits(limits, buffer_size))
+            if want > 0:
+                wait_for_limits(limits, nbytes, lambda: conn.aborted)
+            return want
+
+        return commit
 
     def _check_range_response(self, head: ResponseHead, first: int, last: int) -> None:
         url = self.probe.url
@@ -565,12 +588,12 @@ class _FileDownload:
         size = self.probe.size
         if size is not None and head.content_length is not None and head.content_length != size:
             raise RemoteChanged("the file changed size since it was probed", url=self.probe.url)
-        chunk = self.options.buffer_size
 
-        def commit(nbytes: int) -> int:
+        def record(nbytes: int, chunk: int) -> int:
             self.streamed += nbytes
             return chunk
 
+        commit = self._throttled(conn, record)
         written = conn.stream_into_file(
             self.fd, 0, commit, until_eof=head.content_length is None, transform=self.transform
         )
@@ -589,17 +612,19 @@ async def download_to_path(
     *,
     connect: ConnectionFactory = _open_connection,
     transform: Transform | None = None,
+    limits: Sequence[RateLimit] = (),
 ) -> Success:
     """Download what *probe* describes into *path*, resuming what can be resumed.
 
     *transform* rewrites each chunk in place before it is written (MEGA decryption).
+    Every connection passes through each of *limits* (and ``options.max_download_limit``).
     Raises a :class:`~segdl.errors.DownloadError`; :class:`RemoteChanged` means the server's
     file is not the one the partial came from (the caller restarts after a new probe).
     """
     start = await trio.to_thread.run_sync(prepare_target, path, probe, options)
     emit(Started(filename=path.name, size=probe.size, path=str(path)))
     if not start.complete:
-        download = _FileDownload(probe, path, options, emit, start, connect, transform)
+        download = _FileDownload(probe, path, options, emit, start, connect, transform, limits)
         await download.run()
     else:
         emit(

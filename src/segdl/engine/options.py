@@ -58,6 +58,7 @@ class Options:
     ``progress_interval`` seconds between progress events
     ``buffer_size``       bytes read per write; one buffer per connection
     ``compute_sha256``    hash the finished file and report it in the success event
+    ``max_download_limit``  ``--max-download-limit``: bytes/s for this download (None: no limit)
     """
 
     connections: int = 16
@@ -76,6 +77,7 @@ class Options:
     progress_interval: float = 0.5
     buffer_size: int = MIB
     compute_sha256: bool = False
+    max_download_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.connections <= 16:
@@ -88,6 +90,8 @@ class Options:
             raise ValueError("piece length must be at least 16 KiB")
         if self.buffer_size < 64 * 1024:
             raise ValueError("buffer size must be at least 64 KiB")
+        if self.max_download_limit is not None and self.max_download_limit <= 0:
+            raise ValueError("a download limit must be positive")
         if self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError("timeouts must be positive")
 

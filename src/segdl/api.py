@@ -27,7 +27,7 @@ from .core.headers import (
 from .engine.native import EventSink, download_to_path
 from .engine.options import Options
 from .engine.throttle import RateLimit
-from .errors import BadResponse, DownloadError, InvalidURL
+from .errors import BadResponse, DownloadError, InvalidURL, redact_url
 from .io.dataplane import RemoteChanged
 from .io.files import check_writable_dir, remove_sidecars
 from .io.probe import ProbeResult, check_url, probe
@@ -61,18 +61,52 @@ def _client(options: Options) -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=verify, timeout=timeout, trust_env=False)
 
 
-async def _probe_first(
-    client: httpx.AsyncClient, urls: Sequence[str], headers: Mapping[str, str]
-) -> ProbeResult:
-    """Probe the URLs in order; the first that answers is used (the others are mirrors)."""
-    error: DownloadError | None = None
-    for url in urls:
+async def _probe_sources(
+    client: httpx.AsyncClient, candidates: Sequence[tuple[str, Mapping[str, str]]]
+) -> tuple[ProbeResult, list[ProbeResult]]:
+    """Probe every URL of the file at once: the first that answers, and usable mirrors.
+
+    Mirrors must agree on the size (two sizes mean two different files: refused, rather
+    than mixing them); a mirror that fails its probe or cannot serve ranges is left out.
+    """
+    results: list[ProbeResult | DownloadError | None] = [None] * len(candidates)
+
+    async def probe_one(index: int, url: str, headers: Mapping[str, str]) -> None:
         try:
-            return await probe(client, url, headers=headers, now=_wall_clock())
+            results[index] = await probe(client, url, headers=headers, now=_wall_clock())
         except DownloadError as exc:
-            error = error or exc
-    assert error is not None
-    raise error
+            results[index] = exc
+
+    if len(candidates) == 1:
+        await probe_one(0, *candidates[0])
+    else:
+        async with trio.open_nursery() as nursery:
+            for index, (url, headers) in enumerate(candidates):
+                nursery.start_soon(probe_one, index, url, headers)
+    answered = [r for r in results if isinstance(r, ProbeResult)]
+    if not answered:
+        first_error = results[0]
+        assert isinstance(first_error, DownloadError)
+        raise first_error
+    primary = answered[0]
+    for other in answered[1:]:
+        if other.size is not None and primary.size is not None and other.size != primary.size:
+            raise BadResponse(
+                f"the mirrors disagree on the file: {redact_url(primary.url)} has "
+                f"{primary.size} bytes, {redact_url(other.url)} has {other.size}",
+                url=primary.url,
+            )
+    if primary.size is None or not primary.accepts_ranges:
+        ranged = [r for r in answered if r.size is not None and r.accepts_ranges]
+        if ranged:
+            # A mirror that can resume and be split beats the first URL that cannot.
+            primary = ranged[0]
+    mirrors = [
+        r
+        for r in answered
+        if r is not primary and r.size is not None and r.accepts_ranges and primary.accepts_ranges
+    ]
+    return primary, mirrors
 
 
 def _wall_clock() -> float:
@@ -94,7 +128,8 @@ async def download(
     """Download one file into *directory* and return its :class:`Success` event.
 
     Args:
-        url: the file's URL, or several URLs of the same file (tried in order).
+        url: the file's URL, or several URLs of the same file (mirrors: connections are
+            spread over them; one that fails or is far slower is dropped).
         directory: where the file goes (created if missing).
         out: the file name; by default from Content-Disposition, then the URL.
         options: connections, split, resume and checksum settings (:class:`Options`).
@@ -172,9 +207,12 @@ async def _download(
             plan = await resolve_url(urls[0], client=client, config=config)
             if attempt == 0 and plan.metadata is not None:
                 emit(plan.metadata)
-            mirrors = [*plan.urls, *urls[1:]]
-            headers = {**plan.headers, **options.headers}
-            probed = await _probe_first(client, mirrors, headers)
+            # The site's headers (its token) go to the site's URLs only; mirrors the user or
+            # the site named elsewhere get the user's own headers.
+            site_headers = {**plan.headers, **options.headers}
+            candidates = [(u, site_headers) for u in plan.urls]
+            candidates += [(u, dict(options.headers)) for u in (*plan.mirrors, *urls[1:])]
+            probed, mirrors = await _probe_sources(client, candidates)
             if plan.size is not None and probed.size is not None and plan.size != probed.size:
                 raise BadResponse(
                     f"the server's file is {probed.size} bytes but {plan.source} says {plan.size}",
@@ -192,11 +230,17 @@ async def _download(
                             "decrypted chunk by chunk); use --engine native"
                         )
                     result = await download_with_aria2c(
-                        probed, path, run_options, emit, limits=limits
+                        probed, path, run_options, emit, limits=limits, mirrors=mirrors
                     )
                 else:
                     result = await download_to_path(
-                        probed, path, run_options, emit, transform=plan.transform, limits=limits
+                        probed,
+                        path,
+                        run_options,
+                        emit,
+                        transform=plan.transform,
+                        limits=limits,
+                        mirrors=mirrors,
                     )
             except RemoteChanged:
                 if attempt >= MAX_RESTARTS:

@@ -199,6 +199,7 @@ async def download_with_aria2c(
     emit: EventSink,
     *,
     limits: Sequence[RateLimit] = (),
+    mirrors: Sequence[ProbeResult] = (),
 ) -> Success:
     """Download what *probe* describes into *path* with aria2c, resuming what can be resumed.
 
@@ -226,7 +227,10 @@ async def download_with_aria2c(
         )
     else:
         async with open_aria2c(binary, options) as aria2:
-            await _run_download(aria2, probe, path, options, emit, start, limits)
+            # aria2c spreads connections over several URIs itself, but sends one set of
+            # headers to all of them: only mirrors wanting exactly the same headers join.
+            uris = [probe.url, *(m.url for m in mirrors if m.headers == probe.headers)]
+            await _run_download(aria2, probe, uris, path, options, emit, start, limits)
         # aria2c checked --checksum itself before it reported the download complete.
         verified = options.checksum is not None
     digest = await _digest(path, probe, options, verified=verified)
@@ -328,6 +332,7 @@ def _seconds(value: float) -> int:
 async def _run_download(
     aria2: Aria2RPC,
     probe: ProbeResult,
+    uris: list[str],
     path: Path,
     options: Options,
     emit: EventSink,
@@ -337,7 +342,7 @@ async def _run_download(
     add_options = download_options(probe, path, options, start)
     applied_limit = _aria2_limit(options, limits)
     add_options["max-download-limit"] = str(applied_limit)
-    gid = await aria2.add_uri([probe.url], add_options)
+    gid = await aria2.add_uri(uris, add_options)
     meter = RateMeter(total=probe.size, start_bytes=start.resumed_bytes, now=trio.current_time())
     while True:
         status = await aria2.tell_status(gid)

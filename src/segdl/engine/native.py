@@ -19,7 +19,7 @@ import random
 import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -106,6 +106,9 @@ def _open_connection(
 
 # How long cleanup (closing, saving the control file) may take once cancelled.
 CLEANUP_TIMEOUT = 10.0
+# A mirror slower per connection than the best one by this factor over a window is dropped.
+SLOW_MIRROR_FACTOR = 8
+SLOW_MIRROR_WINDOW = 5.0
 
 
 @dataclass(slots=True)
@@ -123,9 +126,10 @@ class _Ledger:
         with self.lock:
             self.pieces.release(assignment_id)
 
-    def committer(self, assignment_id: int) -> Callable[[int, int], int]:
+    def committer(self, assignment_id: int, mirror: _Mirror) -> Callable[[int, int], int]:
         def commit(nbytes: int, chunk: int) -> int:
             with self.lock:
+                mirror.received += nbytes
                 return self.pieces.commit(assignment_id, nbytes, chunk)
 
         return commit
@@ -137,6 +141,27 @@ class _Ledger:
     def control(self) -> ControlFile:
         with self.lock:
             return control_from_pieces(self.pieces)
+
+
+@dataclass(eq=False)
+class _Mirror:
+    """One URL of the file: its probe, its connections, and whether it was dropped."""
+
+    probe: ProbeResult
+    endpoint: Endpoint
+    ssl_context: ssl.SSLContext | None
+    primary: bool
+    dropped: DownloadError | None = None
+    received: int = 0  # bytes fetched from it (under the ledger's lock)
+    workers: int = 0  # workers currently using it
+    connections: set[ConnectionLike] = field(default_factory=set)
+    window_bytes: int = 0  # `received` when the slow-mirror window began
+
+    @classmethod
+    def create(cls, probe: ProbeResult, options: Options, *, primary: bool) -> _Mirror:
+        endpoint = Endpoint.from_url(probe.url)
+        context = client_context(options.ca_certificate) if endpoint.scheme == "https" else None
+        return cls(probe, endpoint, context, primary)
 
 
 def control_from_pieces(pieces: PieceMap) -> ControlFile:
@@ -285,6 +310,7 @@ class _FileDownload:
         connect: ConnectionFactory,
         transform: Transform | None,
         limits: Sequence[RateLimit],
+        mirrors: Sequence[ProbeResult],
     ) -> None:
         self.connect = connect
         self.limits = tuple(limits)
@@ -295,15 +321,17 @@ class _FileDownload:
         self.path = path
         self.options = options
         self.emit = emit
-        self.endpoint = Endpoint.from_url(probe.url)
-        self.ssl_context = (
-            client_context(options.ca_certificate) if self.endpoint.scheme == "https" else None
-        )
+        self.mirrors = [_Mirror.create(probe, options, primary=True)]
+        self.mirrors += [_Mirror.create(m, options, primary=False) for m in mirrors]
+        # aria2: -s connections in all, at most -x to each server.
+        self.max_connections = min(options.split, options.connections * len(self.mirrors))
+        self.idle_workers = 0
+        self.slow_window_start = 0.0
         self.start = start
         self.fd = -1
         self.fatal: DownloadError | None = None
         self.changed = trio.Event()
-        self.limiter = trio.CapacityLimiter(options.max_connections)
+        self.limiter = trio.CapacityLimiter(self.max_connections)
         self.rng = random.Random()
         self.ledger: _Ledger | None = (
             _Ledger(start.pieces, threading.Lock()) if start.pieces is not None else None
@@ -321,8 +349,8 @@ class _FileDownload:
                 if self.ledger is not None:
                     nursery.start_soon(self._save_loop)
                     async with trio.open_nursery() as workers:
-                        for _ in range(self.options.max_connections):
-                            workers.start_soon(self._worker, workers.cancel_scope)
+                        for index in range(self.max_connections):
+                            workers.start_soon(self._worker, index, workers.cancel_scope)
                 else:
                     try:
                         await self._stream_whole()
@@ -377,6 +405,8 @@ class _FileDownload:
         )
         while True:
             await trio.sleep(self.options.progress_interval)
+            if self.ledger is not None:
+                self._check_slow_mirrors(trio.current_time())
             downloaded, active = self._counters()
             snap = meter.sample(downloaded, trio.current_time())
             self.emit(
@@ -410,40 +440,58 @@ class _FileDownload:
 
     # -- segmented workers ---------------------------------------------------------------
 
-    async def _worker(self, workers: trio.CancelScope) -> None:
+    async def _worker(self, index: int, workers: trio.CancelScope) -> None:
         assert self.ledger is not None
         ledger = self.ledger
         policy = self.options.retry
-        conn = self._new_connection()
+        mirror = self._pick_mirror(index)
+        conn = self._new_connection(mirror)
         failures = 0
         try:
             while True:
+                if mirror.dropped is not None:
+                    # Its pieces went back to the map when its connections were aborted.
+                    conn.close()
+                    mirror.workers -= 1
+                    mirror = self._pick_mirror(index)
+                    conn = self._new_connection(mirror)
+                    failures = 0
                 assignment = ledger.claim(self.options.min_split_size)
                 if assignment is None:
                     _, active = ledger.counters()
                     if active == 0:
                         return
                     # Someone is still working: their range comes back here if they fail.
-                    await self.changed.wait()
+                    self.idle_workers += 1
+                    try:
+                        await self.changed.wait()
+                    finally:
+                        self.idle_workers -= 1
                     continue
                 before = assignment.position
                 try:
                     if conn.aborted:
                         conn.close()
-                        conn = self._new_connection()
-                    await self._in_thread(conn, self._fetch_range, conn, assignment)
+                        conn = self._new_connection(mirror)
+                    mirror.connections.add(conn)
+                    await self._in_thread(conn, self._fetch_range, conn, assignment, mirror)
                     failures = 0
                     continue
                 except DownloadError as exc:
                     conn.close()
+                    if mirror.dropped is not None:
+                        continue  # dropped while we fetched: not this connection's failure
                     if assignment.position > before:
                         failures = 0  # it was making progress: a fresh run of tries
                     failures += 1
                     if not _retryable(exc) or failures >= policy.max_tries:
-                        self._fail(exc, workers)
-                        return
+                        if not self._drop_mirror(mirror, exc):
+                            self._fail(exc, workers)
+                            return
+                        continue
                     retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
                 finally:
+                    mirror.connections.discard(conn)
                     ledger.release(assignment.id)
                     self._notify()
                 await trio.sleep(
@@ -451,6 +499,62 @@ class _FileDownload:
                 )
         finally:
             conn.close()
+            mirror.workers -= 1
+
+    def _pick_mirror(self, index: int) -> _Mirror:
+        """Spread workers over the mirrors still in use (worker *index* → one of them)."""
+        live = [m for m in self.mirrors if m.dropped is None]
+        assert live, "a worker runs only while a mirror is left"
+        mirror = live[index % len(live)]
+        mirror.workers += 1
+        return mirror
+
+    def _drop_mirror(self, mirror: _Mirror, exc: DownloadError) -> bool:
+        """Stop using *mirror* after *exc*; False when the download cannot go on without it."""
+        if mirror.primary and isinstance(exc, RemoteChanged):
+            return False  # the file itself changed: the caller restarts from a new probe
+        if not any(m.dropped is None for m in self.mirrors if m is not mirror):
+            return False
+        mirror.dropped = exc
+        for conn in list(mirror.connections):
+            conn.abort()  # their ranges are released and claimed by the others
+        self._notify()
+        return True
+
+    def _check_slow_mirrors(self, now: float) -> None:
+        """Drop a mirror much slower per connection than the best one (checked per window).
+
+        Only while every worker is busy: at the tail, idle connections say nothing about
+        a mirror's speed.
+        """
+        live = [m for m in self.mirrors if m.dropped is None]
+        if len(live) < 2 or self.idle_workers:
+            self._reset_slow_window(now)
+            return
+        if now - self.slow_window_start < SLOW_MIRROR_WINDOW:
+            return
+        assert self.ledger is not None
+        with self.ledger.lock:
+            per_connection = {
+                id(m): (m.received - m.window_bytes) / max(1, m.workers) for m in live
+            }
+        best = max(per_connection.values())
+        for m in live:
+            if per_connection[id(m)] * SLOW_MIRROR_FACTOR < best:
+                self._drop_mirror(
+                    m,
+                    NetworkError(
+                        f"{m.endpoint.host_header} was more than {SLOW_MIRROR_FACTOR}× slower "
+                        "than another mirror",
+                        url=m.probe.url,
+                    ),
+                )
+        self._reset_slow_window(now)
+
+    def _reset_slow_window(self, now: float) -> None:
+        self.slow_window_start = now
+        for m in self.mirrors:
+            m.window_bytes = m.received
 
     def _fail(self, exc: DownloadError, workers: trio.CancelScope) -> None:
         if self.fatal is None:
@@ -461,8 +565,8 @@ class _FileDownload:
         self.changed.set()
         self.changed = trio.Event()
 
-    def _new_connection(self) -> ConnectionLike:
-        return self.connect(self.endpoint, self.options, self.ssl_context)
+    def _new_connection(self, mirror: _Mirror) -> ConnectionLike:
+        return self.connect(mirror.endpoint, self.options, mirror.ssl_context)
 
     async def _in_thread(self, conn: ConnectionLike, fn: Callable[..., int], *args: object) -> int:
         """Run a blocking fetch in a thread; cancellation aborts its connection."""
@@ -491,15 +595,15 @@ class _FileDownload:
             raise error
         return result
 
-    def _fetch_range(self, conn: ConnectionLike, a: Assignment) -> int:
-        """Thread: fetch the assignment's bytes into the file."""
+    def _fetch_range(self, conn: ConnectionLike, a: Assignment, mirror: _Mirror) -> int:
+        """Thread: fetch the assignment's bytes from *mirror* into the file."""
         assert self.ledger is not None
         first, last = a.position, a.end - 1
         if first > last:
             return 0
-        head = conn.request(headers=self.probe.headers, first=first, last=last)
-        self._check_range_response(head, first, last)
-        commit = self._throttled(conn, self.ledger.committer(a.id))
+        head = conn.request(headers=mirror.probe.headers, first=first, last=last)
+        self._check_range_response(mirror, head, first, last)
+        commit = self._throttled(conn, self.ledger.committer(a.id, mirror))
         return conn.stream_into_file(self.fd, first, commit, transform=self.transform)
 
     def _throttled(
@@ -520,15 +624,14 @@ class _FileDownload:
 
         return commit
 
-    def _check_range_response(self, head: ResponseHead, first: int, last: int) -> None:
-        url = self.probe.url
-        host = self.endpoint.host_header
+    def _check_range_response(
+        self, mirror: _Mirror, head: ResponseHead, first: int, last: int
+    ) -> None:
+        probe = mirror.probe
+        url = probe.url
+        host = mirror.endpoint.host_header
         etag = head.etag
-        if (
-            self.probe.etag
-            and etag
-            and etag.removeprefix("W/") != self.probe.etag.removeprefix("W/")
-        ):
+        if probe.etag and etag and etag.removeprefix("W/") != probe.etag.removeprefix("W/"):
             raise RemoteChanged(
                 f"the file on {host} changed during the download (new ETag)", url=url
             )
@@ -539,10 +642,10 @@ class _FileDownload:
         rng = head.content_range
         if rng is None:
             raise BadResponse(f"{host} sent 206 without Content-Range", url=url)
-        if rng.complete_length is not None and rng.complete_length != self.probe.size:
+        if rng.complete_length is not None and rng.complete_length != probe.size:
             raise RemoteChanged(
                 f"the file on {host} changed size "
-                f"({rng.complete_length} bytes, expected {self.probe.size})",
+                f"({rng.complete_length} bytes, expected {probe.size})",
                 url=url,
             )
         if (rng.first, rng.last) != (first, last):
@@ -562,7 +665,7 @@ class _FileDownload:
         policy = self.options.retry
         failures = 0
         while True:
-            conn = self._new_connection()
+            conn = self._new_connection(self.mirrors[0])
             self.stream_connections = 1
             try:
                 await self._in_thread(conn, self._fetch_whole, conn)
@@ -613,18 +716,24 @@ async def download_to_path(
     connect: ConnectionFactory = _open_connection,
     transform: Transform | None = None,
     limits: Sequence[RateLimit] = (),
+    mirrors: Sequence[ProbeResult] = (),
 ) -> Success:
     """Download what *probe* describes into *path*, resuming what can be resumed.
 
     *transform* rewrites each chunk in place before it is written (MEGA decryption).
     Every connection passes through each of *limits* (and ``options.max_download_limit``).
+    *mirrors* are probes of the same file elsewhere (same size): connections are spread over
+    *probe* and them; a mirror that fails or is far slower than the others is dropped and its
+    ranges are taken by the rest.
     Raises a :class:`~segdl.errors.DownloadError`; :class:`RemoteChanged` means the server's
     file is not the one the partial came from (the caller restarts after a new probe).
     """
     start = await trio.to_thread.run_sync(prepare_target, path, probe, options)
     emit(Started(filename=path.name, size=probe.size, path=str(path)))
     if not start.complete:
-        download = _FileDownload(probe, path, options, emit, start, connect, transform, limits)
+        download = _FileDownload(
+            probe, path, options, emit, start, connect, transform, limits, mirrors
+        )
         await download.run()
     else:
         emit(

@@ -34,6 +34,9 @@ class SourceConfig:
     mega_api_url: str = "https://g.api.mega.co.nz"
     civitai_token: str | None = None
     hf_token: str | None = None
+    # Hub mirrors (e.g. https://hf-mirror.com) serving the same paths: extra sources of
+    # each Hugging Face file; from SEGDL_HF_MIRRORS (comma-separated).
+    hf_mirrors: tuple[str, ...] = ()
     cache_dir: Path | None = None  # metadata cache; None: no cache
 
     @classmethod
@@ -55,6 +58,9 @@ class SourceConfig:
             mega_api_url=env.get("SEGDL_MEGA_API_URL") or cls.mega_api_url,
             civitai_token=civitai_token or env.get("CIVITAI_TOKEN") or None,
             hf_token=hf_token or env.get("HF_TOKEN") or None,
+            hf_mirrors=tuple(
+                m.strip() for m in env.get("SEGDL_HF_MIRRORS", "").split(",") if m.strip()
+            ),
             cache_dir=Path(cache),
         )
 
@@ -63,9 +69,10 @@ class SourceConfig:
 class DownloadPlan:
     """Everything an engine needs, and what the site says the result must be.
 
-    ``urls``       the file's URL(s), mirrors of one file, tried in order
+    ``urls``       the file's URL(s) on the site, mirrors of one file
     ``headers``    request headers for ``urls`` (auth); the probe drops credentials when a
                    redirect leaves the origin
+    ``mirrors``    the same file on other hosts (public mirrors): fetched without ``headers``
     ``filename``   the site's name for the file: used when there is no Content-Disposition
     ``size``       published size in bytes, checked against the server's
     ``sha256``     published digest (lowercase hex), verified after the download
@@ -77,6 +84,7 @@ class DownloadPlan:
 
     urls: tuple[str, ...]
     headers: Mapping[str, str] = field(default_factory=dict)
+    mirrors: tuple[str, ...] = ()
     filename: str | None = None
     size: int | None = None
     sha256: str | None = None

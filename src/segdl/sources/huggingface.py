@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import httpx
@@ -152,7 +152,8 @@ class HuggingFaceResolver:
                         current = target  # relative: the repo was renamed or moved
                         continue
                     # The file lives elsewhere (the CDN): its facts are on this redirect.
-                    return _plan(file, response, (target,), {}, size_header="x-linked-size")
+                    plan = _plan(file, response, (target,), {}, size_header="x-linked-size")
+                    return _with_mirrors(plan, file, config)
                 if response.status_code >= 400:
                     raise _hf_error(response, file, config, had_token=bool(token))
                 if response.status_code != 200:
@@ -162,8 +163,15 @@ class HuggingFaceResolver:
                         url=current,
                     )
                 # A small file kept in git: served by the Hub itself, with the token.
-                return _plan(file, response, (current,), auth, size_header="content-length")
+                plan = _plan(file, response, (current,), auth, size_header="content-length")
+                return _with_mirrors(plan, file, config)
         raise BadResponse(f"too many redirects from {redact_url(start)}", url=start)
+
+
+def _with_mirrors(plan: DownloadPlan, file: HFFile, config: SourceConfig) -> DownloadPlan:
+    """The same file on the configured Hub mirrors (fetched without the token)."""
+    mirrors = tuple(file.resolve_url(endpoint) for endpoint in config.hf_mirrors)
+    return replace(plan, mirrors=mirrors) if mirrors else plan
 
 
 def _plan(

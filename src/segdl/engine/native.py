@@ -156,6 +156,8 @@ class _Mirror:
     workers: int = 0  # workers currently using it
     connections: set[ConnectionLike] = field(default_factory=set)
     window_bytes: int = 0  # `received` when the slow-mirror window began
+    speed: float = 0.0  # bytes per second per busy connection, last window it had one
+    slow_windows: int = 0  # consecutive windows it was too slow
 
     @classmethod
     def create(cls, probe: ProbeResult, options: Options, *, primary: bool) -> _Mirror:
@@ -325,7 +327,6 @@ class _FileDownload:
         self.mirrors += [_Mirror.create(m, options, primary=False) for m in mirrors]
         # aria2: -s connections in all, at most -x to each server.
         self.max_connections = min(options.split, options.connections * len(self.mirrors))
-        self.idle_workers = 0
         self.slow_window_start = 0.0
         self.start = start
         self.fd = -1
@@ -343,6 +344,7 @@ class _FileDownload:
 
     async def run(self) -> None:
         self.fd = await trio.to_thread.run_sync(self._open)
+        self.slow_window_start = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._progress_loop)
@@ -462,11 +464,7 @@ class _FileDownload:
                     if active == 0:
                         return
                     # Someone is still working: their range comes back here if they fail.
-                    self.idle_workers += 1
-                    try:
-                        await self.changed.wait()
-                    finally:
-                        self.idle_workers -= 1
+                    await self.changed.wait()
                     continue
                 before = assignment.position
                 try:
@@ -524,23 +522,27 @@ class _FileDownload:
     def _check_slow_mirrors(self, now: float) -> None:
         """Drop a mirror much slower per connection than the best one (checked per window).
 
-        Only while every worker is busy: at the tail, idle connections say nothing about
-        a mirror's speed.
+        Speeds count connections that are fetching: at the tail, idle workers say nothing
+        about a mirror, and a mirror with none busy keeps the speed it last showed.
         """
+        elapsed = now - self.slow_window_start
+        if elapsed < SLOW_MIRROR_WINDOW:
+            return
         live = [m for m in self.mirrors if m.dropped is None]
-        if len(live) < 2 or self.idle_workers:
-            self._reset_slow_window(now)
-            return
-        if now - self.slow_window_start < SLOW_MIRROR_WINDOW:
-            return
         assert self.ledger is not None
         with self.ledger.lock:
-            per_connection = {
-                id(m): (m.received - m.window_bytes) / max(1, m.workers) for m in live
-            }
-        best = max(per_connection.values())
+            for m in live:
+                if m.connections:
+                    m.speed = (m.received - m.window_bytes) / len(m.connections) / elapsed
+        self._reset_slow_window(now)
+        if len(live) < 2:
+            return
+        best = max(m.speed for m in live)
         for m in live:
-            if per_connection[id(m)] * SLOW_MIRROR_FACTOR < best:
+            slow = bool(m.connections) and m.speed * SLOW_MIRROR_FACTOR < best
+            m.slow_windows = m.slow_windows + 1 if slow else 0
+            # Two windows in a row: one slow start (a far server's first bytes) is forgiven.
+            if m.slow_windows >= 2:
                 self._drop_mirror(
                     m,
                     NetworkError(
@@ -549,7 +551,6 @@ class _FileDownload:
                         url=m.probe.url,
                     ),
                 )
-        self._reset_slow_window(now)
 
     def _reset_slow_window(self, now: float) -> None:
         self.slow_window_start = now

@@ -141,6 +141,10 @@ class Connection:
         self._lock = threading.Lock()
         self._buffer = bytearray(buffer_size)
         self._view = memoryview(self._buffer)
+        # The chunk size in use: starts small and doubles while chunks come quickly, so a
+        # slow link reports its first bytes (progress, mirror speed) within a fraction of a
+        # second; kept across the requests of a keep-alive connection.
+        self._chunk = min(MIN_CHUNK, buffer_size)
         # Body bytes that arrived with the response head, not yet consumed.
         self._pending = b""
         self._body_left: int | None = None
@@ -389,7 +393,7 @@ class Connection:
         # Chunk size adapts to the connection's speed: a whole buffer per syscall when fast,
         # small chunks when slow so progress and the resume state still move a few times a
         # second (a chunk is reported only once it is written).
-        limit = len(view)
+        limit = self._chunk
         want = commit(0)
         while want > 0:
             if self._body_left is not None:
@@ -450,6 +454,7 @@ class Connection:
                 limit //= 2
             elif took < SLOW_CHUNK_SECONDS / 4 and limit < len(view):
                 limit = min(len(view), limit * 2)
+            self._chunk = limit
             want = commit(filled)
         self.reusable = head.keep_alive and self._body_left == 0 and not self._pending
         if self._body_left:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trio.testing
 
 import segdl
 from segdl.cli.main import main
@@ -283,3 +284,106 @@ def test_engines_give_the_same_file(range_server: RangeServer, tmp_path: pathlib
         assert events[-1].type == "success", engine
     with pytest.raises(segdl.DownloadError, match="unknown engine"):
         segdl.download_sync(range_server.url("/e.bin"), tmp_path, engine="wget")
+
+
+async def test_pause_holds_no_connection_and_resume_continues(tmp_path: pathlib.Path) -> None:
+    body = os.urandom(6 * MIB)
+    with RangeServer(rate_limit=MIB) as server:
+        server.add("/slow.bin", Resource(body=body))
+        moving = trio.Event()
+
+        events: list[str] = []
+
+        def on_event(event: segdl.Event) -> None:
+            events.append(event.type)
+            if isinstance(event, segdl.Progress) and event.downloaded > MIB:
+                moving.set()
+
+        async with segdl.open_manager() as manager:
+            handle = manager.submit(
+                server.url("/slow.bin"),
+                tmp_path,
+                options=segdl.Options(save_interval=0.05),
+                on_event=on_event,
+            )
+            await moving.wait()
+            handle.pause()
+            assert handle.state is segdl.DownloadState.PAUSED
+            await handle._stopped.wait()
+            await trio.sleep(0.3)  # a closed socket reaches the server's thread
+            assert server.open_connections == 0
+            served_at_pause = server.statistics().body_bytes
+            partial_size = (tmp_path / "slow.bin.aria2").stat().st_size
+            assert partial_size > 0
+            await trio.sleep(0.5)
+            assert server.statistics().body_bytes == served_at_pause  # nothing moves
+            handle.resume()
+            result = await handle.wait()
+    assert handle.state.value == "done"
+    assert pathlib.Path(result.path).read_bytes() == body
+    assert "cancelled" not in events  # a pause is not the end
+    # Resumed from the control file: at most what was in flight when paused is fetched again.
+    refetched = server.statistics().body_bytes - len(body)
+    assert refetched <= 16 * 64 * 1024 + MIB
+
+
+async def test_a_paused_queued_download_leaves_the_queue(tmp_path: pathlib.Path) -> None:
+    with RangeServer(rate_limit=4 * MIB) as server:
+        for name in ("a", "b"):
+            server.add(f"/{name}.bin", Resource(body=BODY))
+        async with segdl.open_manager(max_concurrent=1) as manager:
+            first = manager.submit(server.url("/a.bin"), tmp_path)
+            second = manager.submit(server.url("/b.bin"), tmp_path)
+            await trio.testing.wait_all_tasks_blocked()
+            second.pause()
+            await first.wait()
+            assert second.state is segdl.DownloadState.PAUSED
+            assert not (tmp_path / "b.bin").exists()
+            second.resume()
+            await second.wait()
+    assert (tmp_path / "b.bin").read_bytes() == BODY
+
+
+async def test_cancel_while_paused_ends_the_download(tmp_path: pathlib.Path) -> None:
+    with RangeServer(rate_limit=MIB) as server:
+        server.add("/slow.bin", Resource(body=BODY))
+        async with segdl.open_manager() as manager:
+            handle = manager.submit(server.url("/slow.bin"), tmp_path)
+            await trio.sleep(0.3)
+            handle.pause()
+            handle.cancel()
+            with pytest.raises(segdl.DownloadError, match="cancelled"):
+                await handle.wait()
+    assert handle.state is segdl.DownloadState.CANCELLED
+
+
+async def test_manager_limits_change_while_running(tmp_path: pathlib.Path) -> None:
+    """The overall and per-download limits reach the connections (measured loosely here;
+    tests/engine/test_limits.py measures accuracy)."""
+    body = os.urandom(8 * MIB)
+    with RangeServer() as server:
+        server.add("/f.bin", Resource(body=body))
+        received = 0
+
+        def on_event(event: segdl.Event) -> None:
+            nonlocal received
+            if isinstance(event, segdl.Progress):
+                received = event.downloaded
+
+        async with segdl.open_manager(overall_limit=512 * 1024) as manager:
+            handle = manager.submit(
+                server.url("/f.bin"),
+                tmp_path,
+                options=segdl.Options(progress_interval=0.05),
+                on_event=on_event,
+            )
+            await trio.sleep(2.0)
+            assert received < 2 * MIB  # ~1 MiB at 512 KiB/s
+            handle.set_limit(256 * 1024)  # the tighter one wins
+            manager.set_overall_limit(None)
+            before = received
+            await trio.sleep(2.0)
+            assert received - before < MIB
+            handle.set_limit(None)
+            await handle.wait()
+    assert (tmp_path / "f.bin").read_bytes() == body

@@ -7,12 +7,13 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from enum import Enum
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -301,26 +302,61 @@ def download_sync(
 class DownloadState(Enum):
     QUEUED = "queued"
     RUNNING = "running"
+    PAUSED = "paused"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
-class DownloadHandle:
-    """One download submitted to a :class:`DownloadManager`."""
+FINAL_STATES = (DownloadState.DONE, DownloadState.FAILED, DownloadState.CANCELLED)
 
-    def __init__(self, id: int, url: str | Sequence[str]) -> None:
+
+class DownloadHandle:
+    """One download submitted to a :class:`DownloadManager`.
+
+    ``pause()`` stops it for real (no connection stays open; the partial file and its
+    control file stay) and ``resume()`` queues it again, continuing from the control file.
+    ``limit`` is this download's own :class:`RateLimit` (unlimited until ``set_limit``).
+    """
+
+    def __init__(
+        self, id: int, url: str | Sequence[str], manager: DownloadManager, job: _Job
+    ) -> None:
         self.id = id
         self.url = url
         self.state = DownloadState.QUEUED
         self.result: Success | None = None
         self.error: DownloadError | None = None
         self.last_event: Event | None = None
+        self.limit = RateLimit()
+        self._manager = manager
+        self._job = job
         self._scope = trio.CancelScope()
+        self._stopped = trio.Event()  # the current run has ended (file closed, state saved)
+        self._stopped.set()  # no run yet
         self._finished = trio.Event()
+
+    def pause(self) -> None:
+        """Stop downloading now; ``resume()`` continues where it stopped."""
+        if self.state in (DownloadState.QUEUED, DownloadState.RUNNING):
+            self.state = DownloadState.PAUSED
+            self._scope.cancel()
+
+    def resume(self) -> None:
+        """Queue a paused download again."""
+        if self.state is DownloadState.PAUSED:
+            self.state = DownloadState.QUEUED
+            self._manager._start(self)
+
+    def set_limit(self, bytes_per_second: float | None) -> None:
+        """Limit this download (``None``: no limit of its own); applies while it runs."""
+        self.limit.set(bytes_per_second)
 
     def cancel(self) -> None:
         """Stop the download; its partial file and control file stay for a later resume."""
+        if self.state is DownloadState.PAUSED:
+            self.state = DownloadState.CANCELLED
+            self._finished.set()
         self._scope.cancel()
 
     async def wait(self) -> Success:
@@ -333,15 +369,29 @@ class DownloadHandle:
         raise DownloadError("download cancelled")
 
 
-class DownloadManager:
-    """Runs submitted downloads, at most ``max_concurrent`` at a time, in one nursery."""
+# A submitted download, waiting for the limits to pass to ``download``.
+_Job = Callable[[tuple[RateLimit, ...]], Awaitable[Success]]
 
-    def __init__(self, nursery: trio.Nursery, *, max_concurrent: int = 5) -> None:
+
+class DownloadManager:
+    """Runs submitted downloads, at most ``max_concurrent`` at a time, in one nursery.
+
+    ``limit`` is an overall :class:`RateLimit` shared by every download of the manager.
+    """
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        max_concurrent: int = 5,
+        overall_limit: float | None = None,
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
         self._nursery = nursery
         self._slots = trio.CapacityLimiter(max_concurrent)
         self._ids = itertools.count(1)
+        self.limit = RateLimit(overall_limit)
         self.downloads: dict[int, DownloadHandle] = {}
 
     def submit(
@@ -357,57 +407,87 @@ class DownloadManager:
         hf_token: str | None = None,
     ) -> DownloadHandle:
         """Queue a download; it starts when a slot is free.  Arguments as :func:`download`."""
-        handle = DownloadHandle(next(self._ids), url)
-        self.downloads[handle.id] = handle
+        handle_id = next(self._ids)
 
         def emit(event: Event) -> None:
+            handle = self.downloads[handle_id]
+            if isinstance(event, Cancelled) and handle.state is DownloadState.PAUSED:
+                return  # a pause, not the end
             handle.last_event = event
             if on_event is not None:
                 on_event(event)
 
-        self._nursery.start_soon(
-            self._run,
-            handle,
-            partial(
-                download,
-                url,
-                directory,
-                out=out,
-                options=options,
-                engine=engine,
-                on_event=emit,
-                civitai_token=civitai_token,
-                hf_token=hf_token,
-            ),
+        job = partial(
+            _download_with_limits,
+            url,
+            directory,
+            out=out,
+            options=options,
+            engine=engine,
+            on_event=emit,
+            civitai_token=civitai_token,
+            hf_token=hf_token,
         )
+        handle = DownloadHandle(handle_id, url, self, job)
+        self.downloads[handle.id] = handle
+        self._start(handle)
         return handle
 
-    async def _run(self, handle: DownloadHandle, job: Callable[[], object]) -> None:
+    def set_overall_limit(self, bytes_per_second: float | None) -> None:
+        """Change the limit shared by all downloads (``None``: unlimited), while they run."""
+        self.limit.set(bytes_per_second)
+
+    def _start(self, handle: DownloadHandle) -> None:
+        previous = handle._stopped
+        handle._scope = trio.CancelScope()
+        handle._stopped = trio.Event()
+        self._nursery.start_soon(self._run, handle, previous)
+
+    async def _run(self, handle: DownloadHandle, previous: trio.Event) -> None:
         try:
             with handle._scope:
+                # A resumed download waits until its paused run has closed the file.
+                await previous.wait()
                 async with self._slots:
                     handle.state = DownloadState.RUNNING
-                    handle.result = await job()  # type: ignore[misc]
+                    handle.result = await handle._job((self.limit, handle.limit))
                     handle.state = DownloadState.DONE
         except DownloadError as exc:
             handle.error = exc
             handle.state = DownloadState.FAILED
         finally:
-            if handle.state in (DownloadState.QUEUED, DownloadState.RUNNING):
-                handle.state = DownloadState.CANCELLED
-            handle._finished.set()
+            handle._stopped.set()
+            if handle.state is not DownloadState.PAUSED:
+                if handle.state not in FINAL_STATES:
+                    handle.state = DownloadState.CANCELLED
+                handle._finished.set()
 
     async def wait_all(self) -> list[DownloadHandle]:
+        """Wait until every download has ended (paused ones count once resumed and ended)."""
         for handle in list(self.downloads.values()):
             await handle._finished.wait()
         return list(self.downloads.values())
 
 
+async def _download_with_limits(
+    url: str | Sequence[str],
+    directory: str | os.PathLike[str],
+    limits: tuple[RateLimit, ...],
+    **kwargs: Any,
+) -> Success:
+    return await download(url, directory, limits=limits, **kwargs)
+
+
 @asynccontextmanager
-async def open_manager(*, max_concurrent: int = 5) -> AsyncIterator[DownloadManager]:
-    """A :class:`DownloadManager` whose downloads end (or are waited for) with the block."""
+async def open_manager(
+    *, max_concurrent: int = 5, overall_limit: float | None = None
+) -> AsyncIterator[DownloadManager]:
+    """A :class:`DownloadManager` whose downloads end (or are waited for) with the block.
+
+    Paused downloads keep the block open until resumed or cancelled.
+    """
     async with trio.open_nursery() as nursery:
-        yield DownloadManager(nursery, max_concurrent=max_concurrent)
+        yield DownloadManager(nursery, max_concurrent=max_concurrent, overall_limit=overall_limit)
 
 
 # -- the seed system's call --------------------------------------------------------------

@@ -230,3 +230,27 @@ async def test_resume_after_interruption_re_resolves(
     assert files_in(source_env) == ["model.safetensors"]
     assert all(r.status != 403 for r in second)
     assert sum(r.body_bytes for r in second) < len(BODY)
+
+
+async def test_a_hub_mirror_shares_the_download_without_the_token(
+    monkeypatch: pytest.MonkeyPatch, source_env: pathlib.Path
+) -> None:
+    """SEGDL_HF_MIRRORS names Hub mirrors serving the same paths: connections are spread
+    over the Hub's CDN and the mirror's, and the token never leaves the Hub."""
+    body = os.urandom(12 * MIB)  # twelve pieces: enough for every connection to take one
+    repo = HubRepo(files={"unet/model.safetensors": body}, revisions={"main": COMMIT})
+    with FakeHub(tokens={TOKEN}, rate_limit=MIB) as hub, FakeHub(rate_limit=MIB) as mirror:
+        hub.add("acme/diffusion", repo)
+        mirror.add("acme/diffusion", repo)
+        monkeypatch.setenv("HF_ENDPOINT", hub.base_url)
+        monkeypatch.setenv("SEGDL_HF_MIRRORS", mirror.base_url)
+        result = await segdl.download(
+            "hf://acme/diffusion/unet/model.safetensors", source_env, hf_token=TOKEN
+        )
+        assert pathlib.Path(result.path).read_bytes() == body
+        for fake in (hub, mirror):
+            served = sum(r.body_bytes for r in fake.cdn.requests if r.range != "bytes=0-0")
+            assert served > 0
+        for server in (mirror.hub, mirror.cdn, hub.cdn):
+            assert server.requests
+            assert all("authorization" not in r.headers for r in server.requests)

@@ -36,7 +36,9 @@ def closed_port() -> int:
 @pytest.mark.parametrize(
     ("url", "needle"),
     [
-        ("not a url", "unsupported URL scheme"),
+        ("not-a-url", "unsupported URL scheme"),
+        # Spaces: refused either for them or for the missing scheme, in one line.
+        ("not a url", "URL"),
         ("ftp://example.com/file.bin", "unsupported URL scheme 'ftp'"),
         ("file:///etc/passwd", "unsupported URL scheme 'file'"),
         ("http://", "no host"),
@@ -109,3 +111,72 @@ def test_unknown_flag_uses_the_option_exit_code(capsys: pytest.CaptureFixture[st
     code, _, err = run(["get", "--no-such-flag", "http://h/x"], capsys)
     assert code == 28
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["get", "http://h/x", "-j", "0"], "-j must be at least 1"),
+        (["get", "http://h/x", "--max-overall-download-limit", "2X"], "invalid size"),
+        (["get", "http://h/x", "--max-overall-download-limit", "-1"], "overall"),
+        (["get", "http://h/x", "--max-download-limit", "fast"], "--max-download-limit"),
+    ],
+)
+def test_bad_batch_options(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(argv, capsys)
+    assert code == 28
+    assert_one_line_error(err)
+    assert needle in err
+
+
+@pytest.mark.parametrize(
+    ("text", "extra", "needle"),
+    [
+        ("http://h/a\n  out=a.bin\n  referer=x\n", [], "list.txt:3: unsupported option 'referer'"),
+        ("\n  out=a.bin\nhttp://h/a\n", [], "list.txt:2: option line 'out=a.bin' comes before"),
+        ("http://h/a\nftp://h/b\n", [], "list.txt:2: unsupported URL scheme 'ftp'"),
+        ("http://h/a\n  split=0\n", [], "list.txt:2: invalid split 0"),
+        ("http://h/a\nhttp://h/b\n", ["-o", "x.bin"], "-o and --checksum apply to one file"),
+        ("http://h/a\n  out=x\nhttp://h/b\n  out=x\n", [], "both write"),
+    ],
+)
+def test_bad_input_files(
+    text: str,
+    extra: list[str],
+    needle: str,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text(text)
+    code, _, err = run(["get", "-i", str(listing), "-d", str(tmp_path / "o"), *extra], capsys)
+    assert code == 28
+    assert_one_line_error(err)
+    assert needle in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_input_files(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["get", "-i", str(tmp_path)], capsys)
+    assert code == 1
+    assert_one_line_error(err)
+    assert "cannot read input file" in err
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    code, _, err = run(["get", "-i", str(binary)], capsys)
+    assert code == 1
+    assert_one_line_error(err)
+    assert "not UTF-8" in err
+
+
+def test_an_input_file_without_urls(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text("# nothing yet\n")
+    code, _, err = run(["get", "-i", str(listing)], capsys)
+    assert code == 28
+    assert_one_line_error(err)
+    assert "no URL given" in err

@@ -12,6 +12,12 @@ from .api import download as download
 from .api import download_model as download_model
 from .api import download_sync as download_sync
 from .api import open_manager as open_manager
+from .batch import BatchJob as BatchJob
+from .batch import BatchResult as BatchResult
+from .batch import JobOutcome as JobOutcome
+from .batch import download_batch as download_batch
+from .batch import download_batch_sync as download_batch_sync
+from .batch import load_input_file as load_input_file
 from .core.events import Cancelled as Cancelled
 from .core.events import Error as Error
 from .core.events import Event as Event
@@ -21,8 +27,10 @@ from .core.events import Started as Started
 from .core.events import Success as Success
 from .core.headers import Checksum as Checksum
 from .core.headers import parse_checksum as parse_checksum
+from .core.inputfile import InputFileError as InputFileError
 from .engine.options import Options as Options
 from .engine.options import RetryPolicy as RetryPolicy
+from .engine.throttle import RateLimit as RateLimit
 from .errors import AuthError as AuthError
 from .errors import BadResponse as BadResponse
 from .errors import ChecksumMismatch as ChecksumMismatch
@@ -43,6 +51,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthError",
     "BadResponse",
+    "BatchJob",
+    "BatchResult",
     "Cancelled",
     "Checksum",
     "ChecksumMismatch",
@@ -56,12 +66,15 @@ __all__ = [
     "Event",
     "FileExists",
     "HTTPStatusError",
+    "InputFileError",
     "InvalidURL",
+    "JobOutcome",
     "Metadata",
     "NetworkError",
     "NotFound",
     "Options",
     "Progress",
+    "RateLimit",
     "ResumeError",
     "RetryPolicy",
     "ServerBusy",
@@ -69,8 +82,11 @@ __all__ = [
     "Success",
     "Timeout",
     "download",
+    "download_batch",
+    "download_batch_sync",
     "download_model",
     "download_sync",
+    "load_input_file",
     "open_manager",
     "parse_checksum",
 ]

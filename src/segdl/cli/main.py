@@ -9,20 +9,22 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import NoReturn, TextIO
 
 import trio
 
-from ..api import DownloadHandle, open_manager
+from ..batch import BatchJob, BatchResult, check_targets, download_batch, load_input_file
 from ..core.events import Error, Event, Success
 from ..core.folders import model_folder
-from ..core.headers import parse_checksum, parse_size
+from ..core.headers import Checksum, parse_checksum, parse_size
+from ..core.inputfile import InputFileError
 from ..engine.options import Options, RetryPolicy
+from ..engine.throttle import RateLimit
 from ..errors import DownloadError
 from ..server.cli import add_serve_arguments, run_serve
+from .batchprogress import BatchReporter, BatchView, LiveDisplay
 from .progressbar import ProgressBar, format_bytes
 
 EXIT_OK = 0
@@ -86,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-i",
         "--input-file",
         metavar="FILE",
-        help="read URLs from FILE, one a line (tab-separated mirrors)",
+        help="read files from FILE (aria2c's format): a line of tab-separated mirror URLs per "
+        "file, then indented name=value lines (dir, out, checksum, max-download-limit, split, "
+        "max-connection-per-server)",
     )
     get.add_argument(
         "-j",
@@ -95,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         metavar="N",
         help="files downloaded at once (default 5)",
+    )
+    get.add_argument(
+        "--max-overall-download-limit",
+        default="0",
+        metavar="RATE",
+        help="bytes/s for all downloads together, e.g. 2M or 512K (default 0: no limit)",
+    )
+    get.add_argument(
+        "--max-download-limit",
+        default="0",
+        metavar="RATE",
+        help="bytes/s for each download, e.g. 2M or 512K (default 0: no limit)",
     )
     get.add_argument("--checksum", metavar="TYPE=DIGEST", help="verify, e.g. sha-256=HEX")
     get.add_argument("--ca-certificate", metavar="FILE", help="extra CA certificates (PEM)")
@@ -147,28 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class _Job:
-    urls: list[str]
-    out: str | None = None
-
-
-@dataclass
 class _Reporter:
-    """Turns events into terminal output: a bar on a TTY, JSON lines, or nothing."""
+    """One file's events as terminal output: a bar on a TTY, JSON lines, or nothing.
+
+    (A batch has its own, :class:`~segdl.cli.batchprogress.BatchReporter`.)
+    """
 
     json_lines: bool
     quiet: bool
     stdout: TextIO
     stderr: TextIO
     bar: ProgressBar | None = None
-    multiple: bool = False
-    finished: list[str] = field(default_factory=list)
 
     def __call__(self, download_id: int, event: Event) -> None:
         if self.json_lines:
             data = event.to_dict()
-            if self.multiple:
-                data["download"] = download_id
             self.stdout.write(json.dumps(data) + "\n")
             self.stdout.flush()
             return
@@ -183,61 +192,36 @@ class _Reporter:
             self.bar.clear()
 
 
-def read_input_file(path: str) -> list[_Job]:
-    """aria2c's input file, the basic form: a URL a line, mirrors separated by tabs."""
+async def _run_batch(
+    jobs: list[BatchJob],
+    options: Options,
+    args: argparse.Namespace,
+    limits: tuple[RateLimit, ...],
+    on_event: Callable[[int, Event], None],
+) -> BatchResult:
+    return await download_batch(
+        jobs,
+        max_concurrent=args.max_concurrent_downloads,
+        options=options,
+        engine=args.engine,
+        on_event=on_event,
+        limits=limits,
+        civitai_token=args.civitai_token,
+        hf_token=args.hf_token,
+    )
+
+
+def _rate(text: str, flag: str) -> int | None:
+    """An aria2 rate (``2M``, ``512K``, bytes/s); 0 means no limit."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise DownloadError(f"cannot read input file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise DownloadError(f"input file {path} is not UTF-8 text") from exc
-    jobs: list[_Job] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0] in " \t":
-            key, _, value = line.strip().partition("=")
-            if not jobs or key not in ("out",) or not value:
-                raise DownloadError(
-                    f"{path}:{number}: unsupported option line {line.strip()!r} "
-                    "(only out= is supported)"
-                )
-            jobs[-1].out = value
-            continue
-        jobs.append(_Job(urls=[u for u in line.split("\t") if u.strip()]))
-    return jobs
-
-
-async def _run_get(
-    args: argparse.Namespace, jobs: list[_Job], base: Options, report: _Reporter
-) -> int:
-    handles: list[DownloadHandle] = []
-    async with open_manager(max_concurrent=args.max_concurrent_downloads) as manager:
-        for number, job in enumerate(jobs, 1):
-            handle = manager.submit(
-                job.urls,
-                args.dir,
-                out=job.out or args.out,
-                options=base,
-                engine=args.engine,
-                on_event=partial(report, number),
-                civitai_token=args.civitai_token,
-                hf_token=args.hf_token,
-            )
-            handles.append(handle)
-    code = EXIT_OK
-    for handle in handles:
-        if handle.error is not None:
-            print(f"segdl: error: {handle.error}", file=report.stderr, flush=True)
-            if code == EXIT_OK:
-                code = handle.error.exit_code
-    return code
+        rate = parse_size(text)
+    except ValueError as exc:
+        raise _UsageError(f"{flag}: {exc}") from exc
+    return rate or None
 
 
 def _options_from_args(args: argparse.Namespace) -> Options:
     try:
-        checksum = parse_checksum(args.checksum) if args.checksum else None
         if args.ca_certificate and not os.path.isfile(args.ca_certificate):
             raise ValueError(f"CA certificate file not found: {args.ca_certificate}")
         return Options(
@@ -246,11 +230,11 @@ def _options_from_args(args: argparse.Namespace) -> Options:
             min_split_size=parse_size(args.min_split_size),
             continue_partial=args.continue_,
             allow_overwrite=args.allow_overwrite,
-            checksum=checksum,
             ca_certificate=args.ca_certificate,
             connect_timeout=args.connect_timeout,
             read_timeout=args.timeout,
             retry=RetryPolicy(max_tries=max(1, args.max_tries)),
+            max_download_limit=_rate(args.max_download_limit, "--max-download-limit"),
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc
@@ -260,15 +244,45 @@ class _UsageError(Exception):
     pass
 
 
-def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
-    options = _options_from_args(args)
-    if args.out and len(args.urls) > 1 and args.input_file:
-        raise _UsageError("-o cannot be used with several files")
-    jobs: list[_Job] = [_Job(urls=list(args.urls))] if args.urls else []
+def _collect_jobs(args: argparse.Namespace) -> list[BatchJob]:
+    """The URLs given as arguments (one file, mirrors), then the input file's entries."""
+    try:
+        checksum = parse_checksum(args.checksum) if args.checksum else None
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    jobs: list[BatchJob] = []
+    if args.urls:
+        jobs.append(BatchJob(tuple(args.urls), args.dir))
     if args.input_file:
-        jobs.extend(read_input_file(args.input_file))
+        try:
+            jobs.extend(load_input_file(args.input_file, directory=args.dir))
+        except InputFileError as exc:
+            raise _UsageError(str(exc)) from exc
     if not jobs:
         raise _UsageError("no URL given (pass URLs or -i FILE)")
+    if args.out or checksum:
+        # -o and --checksum name one file: the one on the command line, or the only one.
+        if not args.urls and len(jobs) > 1:
+            raise _UsageError(
+                "-o and --checksum apply to one file; in an input file with several files "
+                "use indented out= and checksum= lines"
+            )
+        jobs[0] = _with_file_options(jobs[0], args.out, checksum)
+    try:
+        check_targets(jobs)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from exc
+    return jobs
+
+
+def _with_file_options(job: BatchJob, out: str | None, checksum: Checksum | None) -> BatchJob:
+    # As in aria2c, an entry's own options win over the command line's.
+    return replace(job, out=job.out or out, checksum=job.checksum or checksum)
+
+
+def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    options = _options_from_args(args)
+    overall = _rate(args.max_overall_download_limit, "--max-overall-download-limit")
     if args.max_concurrent_downloads < 1:
         raise _UsageError("-j must be at least 1")
     if args.type:
@@ -276,16 +290,49 @@ def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             args.dir = os.path.join(args.dir, model_folder(args.type))
         except ValueError as exc:
             raise _UsageError(str(exc)) from exc
+    jobs = _collect_jobs(args)
+    # One RateLimit shared by every connection of every download: an overall limit.
+    limits = (RateLimit(overall),) if overall else ()
     tty = stderr.isatty() and not args.json and not args.quiet
+    if args.input_file is None and len(jobs) == 1:
+        return _get_one(args, jobs, options, limits, stdout, stderr, tty)
+    display = LiveDisplay(stderr, BatchView.for_jobs(jobs)) if tty else None
+    report = BatchReporter(
+        json_lines=args.json, quiet=args.quiet, stdout=stdout, stderr=stderr, display=display
+    )
+    try:
+        result = trio.run(_run_batch, jobs, options, args, limits, report)
+    finally:
+        report.close()
+    report.finish(result)
+    return result.exit_code
+
+
+def _get_one(
+    args: argparse.Namespace,
+    jobs: list[BatchJob],
+    options: Options,
+    limits: tuple[RateLimit, ...],
+    stdout: TextIO,
+    stderr: TextIO,
+    tty: bool,
+) -> int:
+    """``segdl get URL``: a one-line bar, a completion line, one error line."""
     report = _Reporter(
         json_lines=args.json,
         quiet=args.quiet,
         stdout=stdout,
         stderr=stderr,
         bar=ProgressBar(stderr) if tty else None,
-        multiple=len(jobs) > 1,
     )
-    return trio.run(_run_get, args, jobs, options, report)
+
+    def on_event(index: int, event: Event) -> None:
+        report(index + 1, event)
+
+    result = trio.run(_run_batch, jobs, options, args, limits, on_event)
+    for outcome in result.failed:
+        print(f"segdl: error: {outcome.error}", file=stderr, flush=True)
+    return result.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

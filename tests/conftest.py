@@ -6,7 +6,9 @@ Servers are started here and always stopped after the test, whatever it did.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +87,24 @@ def nginx_server(tmp_path: Path) -> Iterator[NginxFactory]:
     yield start
     for server in reversed(started):
         server.stop()
+
+
+# ---- figures of the reliability suite
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Print the figures ``tests/reliability/support.py`` counted, when it counted any, and
+    write them as JSON to ``$SEGDL_FIGURES`` if that is set (for the README)."""
+    # Looked up, not imported: importing it here would make a second copy of its counters.
+    support = sys.modules.get("support")
+    figures = None if support is None else vars(support).get("FIGURES")
+    if figures is None or not figures.recorded:
+        return
+    terminalreporter.write_sep("=", "reliability figures")
+    for line in figures.summary_lines():
+        terminalreporter.write_line(line)
+    target = os.environ.get("SEGDL_FIGURES")
+    if target:
+        Path(target).write_text(json.dumps(figures.as_dict(), indent=1) + "\n", encoding="utf-8")

@@ -162,7 +162,7 @@ def fsync_file(fd: int) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace *path* with *data* so a crash leaves the old or the new content, never a mix."""
-    tmp = path.with_name(path.name + "__temp")
+    tmp = _temporary(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -180,6 +180,11 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise disk_error(exc, f"cannot write {path}") from exc
 
 
+def _temporary(path: Path) -> Path:
+    # aria2's name for the file a control file is written to before the rename.
+    return path.with_name(path.name + "__temp")
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -194,14 +199,27 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def read_control(path: Path) -> ControlFile | None:
-    """The control file beside *path*, None if absent; a corrupt one raises ControlFileError."""
+    """The control file beside *path*, None if absent.
+
+    Raises ControlFileError when the resume state cannot be trusted: the control file is
+    corrupt, or the validators file beside it exists but cannot be read.  Without validators
+    a resume cannot tell that the remote file changed and would mix two versions; a partial
+    that aria2c started has no validators file at all, and is trusted as aria2c trusts it.
+    """
     try:
         data = control_path(path).read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise ControlFileError(f"cannot read {control_path(path)}: {exc.strerror}") from exc
-    return ControlFile.decode(data)
+    control = ControlFile.decode(data)
+    try:
+        _load_validators(path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        raise ControlFileError(f"{validators_path(path)} is damaged: {exc}") from exc
+    return control
 
 
 def write_control(path: Path, control: ControlFile) -> None:
@@ -209,16 +227,28 @@ def write_control(path: Path, control: ControlFile) -> None:
 
 
 def read_validators(path: Path) -> Validators | None:
+    """The validators saved beside *path*; None if there are none or they cannot be read."""
     try:
-        raw = json.loads(validators_path(path).read_text("utf-8"))
-        return Validators(
-            url=str(raw["url"]),
-            size=None if raw.get("size") is None else int(raw["size"]),
-            etag=raw.get("etag"),
-            last_modified=raw.get("last_modified"),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
+        return _load_validators(path)
+    except (OSError, ValueError):
         return None
+
+
+def _load_validators(path: Path) -> Validators:
+    """Parse the validators file; ValueError for anything but what write_validators writes."""
+    raw = json.loads(validators_path(path).read_bytes())
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    url, size = raw.get("url"), raw.get("size")
+    etag, last_modified = raw.get("etag"), raw.get("last_modified")
+    if not isinstance(url, str):
+        raise ValueError("no url")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise ValueError(f"bad size {size!r}")
+    for name, value in (("etag", etag), ("last_modified", last_modified)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"bad {name} {value!r}")
+    return Validators(url=url, size=size, etag=etag, last_modified=last_modified)
 
 
 def write_validators(path: Path, validators: Validators) -> None:
@@ -227,6 +257,8 @@ def write_validators(path: Path, validators: Validators) -> None:
 
 
 def remove_sidecars(path: Path) -> None:
+    """Remove both sidecars, and the temporary file of one a crash left half-written."""
     for side in (control_path(path), validators_path(path)):
-        with contextlib.suppress(FileNotFoundError):
-            side.unlink()
+        for name in (side, _temporary(side)):
+            with contextlib.suppress(FileNotFoundError):
+                name.unlink()

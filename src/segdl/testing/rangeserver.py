@@ -14,6 +14,15 @@ Usage::
         ... download server.url("/model.bin") ...
         assert [r.status for r in server.requests] == [...]
 
+A scripted schedule hands faults to the requests a predicate picks, in order; a fault may
+also rewrite the file (``Fault.replace``) or send the client round a redirect loop::
+
+    schedule = FaultSchedule(
+        [Fault.status(503), Fault.replace(Resource(new_body, etag='"v2"'))],
+        applies_to=lambda info: info.range not in (None, "bytes=0-0"),
+    )
+    server.on_request(schedule)
+
 Design notes:
 
 * One thread accepts; one thread serves each connection (persistent connections, pipelined
@@ -40,7 +49,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import ClassVar, Final, Literal
@@ -50,12 +59,15 @@ __all__ = [
     "Delay",
     "DropAfter",
     "Fault",
+    "FaultSchedule",
     "IgnoreRange",
     "LongBody",
     "RangeServer",
+    "ReplaceResource",
     "RequestInfo",
     "RequestRecord",
     "Resource",
+    "ServerStatistics",
     "ShortBody",
     "StallAfter",
     "StatusFault",
@@ -291,6 +303,38 @@ class Fault:
         keep-alive timeout that every pooled client meets)."""
         return CloseConnection(path=path, ranged_only=ranged_only, method=method)
 
+    @staticmethod
+    def redirect(
+        location: str,
+        *,
+        status: int = 302,
+        path: str | None = None,
+        ranged_only: bool = False,
+        method: str | None = None,
+    ) -> StatusFault:
+        """Answer with a redirect to ``location`` (e.g. the request's own URL: a loop, as a
+        storage host whose signed URL expired sends the client back where it came from)."""
+        return Fault.status(
+            status,
+            headers={"Location": location},
+            path=path,
+            ranged_only=ranged_only,
+            method=method,
+        )
+
+    @staticmethod
+    def replace(
+        resource: Resource,
+        *,
+        path: str | None = None,
+        ranged_only: bool = False,
+        method: str | None = None,
+    ) -> ReplaceResource:
+        """Replace the requested file with ``resource`` (new content, new validators) just
+        before this request is answered: this response and every later one serve the new
+        version, as an origin whose file is rewritten in the middle of a download."""
+        return ReplaceResource(resource=resource, path=path, ranged_only=ranged_only, method=method)
+
 
 @dataclass(frozen=True, kw_only=True)
 class StatusFault(Fault):
@@ -344,7 +388,61 @@ class CloseConnection(Fault):
     _about_body: ClassVar[bool] = False
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReplaceResource(Fault):
+    _about_body: ClassVar[bool] = False
+    resource: Resource = field(hash=False)
+
+
 Hook = Callable[[RequestInfo], Fault | None]
+
+
+class FaultSchedule:
+    """A scripted misbehaviour: ``faults`` handed out in order, one to each request that
+    ``applies_to`` accepts (by default every request), then nothing.  Install it with
+    ``server.on_request(schedule)``; thread-safe.
+
+    ``applied`` lists ``(request index, fault)`` for each fault handed out, so a test can
+    count what was really injected (a download may finish before the schedule is used up).
+    """
+
+    def __init__(
+        self,
+        faults: Iterable[Fault],
+        *,
+        applies_to: Callable[[RequestInfo], bool] | None = None,
+    ) -> None:
+        self._queue = list(faults)
+        self._applies_to = applies_to
+        self._lock = threading.Lock()
+        self.applied: list[tuple[int, Fault]] = []
+
+    def __call__(self, info: RequestInfo) -> Fault | None:
+        if self._applies_to is not None and not self._applies_to(info):
+            return None
+        with self._lock:
+            if not self._queue:
+                return None
+            fault = self._queue.pop(0)
+            self.applied.append((info.index, fault))
+            return fault
+
+    @property
+    def remaining(self) -> tuple[Fault, ...]:
+        with self._lock:
+            return tuple(self._queue)
+
+
+@dataclass(frozen=True)
+class ServerStatistics:
+    """A snapshot of what a :class:`RangeServer` has done so far."""
+
+    #: Requests received.
+    requests: int
+    #: Payload bytes written to clients, over every request (``RequestRecord.body_bytes``).
+    body_bytes: int
+    #: Requests that were answered with a fault.
+    faults: int
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,6 +643,8 @@ class _Connection:
         self.buffer = bytearray()
         self._pace_start = 0.0
         self._pace_sent = 0
+        #: Bytes written to the socket, framing included, over the connection's life.
+        self.sent = 0
 
     def read_head(self) -> bytes | None:
         while True:
@@ -587,6 +687,8 @@ class _Connection:
             step = _SEND_STEP if rate is None else max(1, min(64 * 1024, rate // 50))
             piece = view[:step]
             self.sock.sendall(piece)
+            self.server._count_sent(len(piece))
+            self.sent += len(piece)
             view = view[len(piece) :]
             if rate is not None:
                 # Sleep-based pacing: never ahead of rate bytes/s since the response began.
@@ -635,10 +737,27 @@ class RangeServer:
         self._threads: list[threading.Thread] = []
         self._live: dict[int, socket.socket] = {}
         self._next_connection_id = 1
+        self._bytes_sent = 0
         self._next_index = 0
         self._started = False
 
     # ---- configuration (thread-safe, allowed while running)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload bytes handed to the kernel so far, over all connections (a rate meter)."""
+        with self._lock:
+            return self._bytes_sent
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now."""
+        with self._lock:
+            return len(self._live)
+
+    def _count_sent(self, nbytes: int) -> None:
+        with self._lock:
+            self._bytes_sent += nbytes
 
     def add(self, path: str, resource: Resource) -> None:
         """Serve ``resource`` at ``path``; replaces what was there (a changed file).
@@ -705,6 +824,16 @@ class RangeServer:
             if not self._changed.wait_for(lambda: len(self.requests) >= count, timeout):
                 raise TimeoutError(f"{len(self.requests)} requests recorded, wanted {count}")
             return list(self.requests)
+
+    def statistics(self) -> ServerStatistics:
+        """Requests, payload bytes sent and faults applied so far."""
+        with self._lock:
+            records = list(self.requests)
+        return ServerStatistics(
+            requests=len(records),
+            body_bytes=sum(r.body_bytes for r in records),
+            faults=sum(1 for r in records if r.fault is not None),
+        )
 
     def _sleep(self, seconds: float) -> None:
         """Sleep server-side, cut short by ``stop()``."""
@@ -928,6 +1057,11 @@ class RangeServer:
             self.errors.append(exc)
             fault = Fault.status(500, body=b"on_request hook failed\n", method=request.method)
 
+        if isinstance(fault, ReplaceResource):
+            replaced = fault.path if fault.path is not None else _target_path(request.target)
+            with self._lock:
+                self._resources[replaced] = fault.resource
+
         if isinstance(fault, Delay):
             self._sleep(fault.seconds)
             if self._stopping.is_set():
@@ -946,8 +1080,11 @@ class RangeServer:
         record = self._publish(None, info, plan.status, 0, fault)
         connection.begin_response()
         sent = 0
+        piece = _Piece()
+        started = connection.sent
         try:
             for piece, is_last in _with_last(pieces):
+                started = connection.sent
                 if is_last:
                     # Publish the final record before the client can have read everything.
                     record = self._publish(record, info, plan.status, sent + piece.payload, fault)
@@ -962,6 +1099,10 @@ class RangeServer:
                     # Progress, so that a client that gives up mid-body sees a true count.
                     record = self._publish(record, info, plan.status, sent, fault)
         except BaseException:
+            if not piece.chunk:
+                # The part of this piece that reached the socket before the client left (a
+                # client killed mid-piece was sent those bytes: they count).
+                sent += min(piece.payload, connection.sent - started)
             self._publish(record, info, plan.status, sent, fault)
             raise
         if ending == "keep":

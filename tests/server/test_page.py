@@ -138,6 +138,12 @@ def test_browser_downloads_and_sees_100_percent(tmp_path: Path) -> None:
             page = browser.new_page(viewport={"width": 900, "height": 720})
             page.goto(info.url)
             page.wait_for_selector("#status.ok", timeout=30_000)
+            # The overall limit: asked for on connecting, then set (above the test's speed).
+            page.locator("#limit-status", has_text="no limit").wait_for(timeout=30_000)
+            page.fill("#limit", "4")
+            page.click("#set-limit")
+            page.locator("#limit-status", has_text="now 4.00 MiB/s").wait_for(timeout=30_000)
+            assert info.queue.overall_limit.rate == 4 * MIB
             page.select_option("#type", "LoRA")
             page.fill("#civitai-token", "civitai-secret")
             page.fill("#hf-token", "hf-secret")
@@ -153,6 +159,15 @@ def test_browser_downloads_and_sees_100_percent(tmp_path: Path) -> None:
             if os.environ.get("SEGDL_UPDATE_SCREENSHOT"):
                 SCREENSHOT.parent.mkdir(exist_ok=True)
                 shutil.copyfile(shot, SCREENSHOT)
+
+            # Pause stops it on the server; Resume takes it up again.
+            page.click(".download .pause")
+            page.wait_for_selector(".download[data-state=paused]", timeout=30_000)
+            assert page.locator(".download .pause").text_content() == "Resume"
+            assert page.locator(".download .info").text_content() == "Paused."
+            assert info.queue.jobs()[0].state.value == "paused"
+            page.click(".download .pause")
+            page.wait_for_selector(".download[data-state=running]", timeout=30_000)
 
             page.wait_for_selector(".download[data-state=done]", timeout=60_000)
             bar = page.locator(".download .bar")

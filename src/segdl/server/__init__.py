@@ -1,8 +1,8 @@
 """``segdl serve``: the sd-inference-server download protocol over WebSocket, and a page.
 
 Layers: :mod:`.wire` (crypto and codecs) and :mod:`.messages` (message shapes) are the
-protocol; :mod:`.outbox` and :mod:`.downloads` the queue; :mod:`.http` and :mod:`.app` the
-connections; :mod:`.cli` the command.
+protocol; :mod:`.outbox` and :mod:`.downloads` the queue, :mod:`.queuefile` what of it survives
+a restart; :mod:`.http` and :mod:`.app` the connections; :mod:`.cli` the command.
 """
 
 from typing import TYPE_CHECKING, Final

@@ -5,6 +5,31 @@ reader, our writer).  A connection reads requests and answers through its :class
 writer task drains the outbox, so nothing a client does (or fails to do) ever blocks a
 download or another client.  Requests are handled in order; only ``options`` touches the
 disk, in a worker thread.
+
+Besides the protocol's requests (reference sd-protocol.md), segdl's own, each acked first as
+usual.  A download is addressed by the id of the ``download`` request that started it
+(``{"id": R}``, this connection's requests only, as ``cancel``) or by its job id from the
+``downloads`` listing (``{"job": N}``; ``{"download": N}`` is the same), which survives
+reconnecting and a server restart; addressing by job id subscribes the request to the download's
+events under its own id::
+
+    {"type": "pause",  "data": {"id": R} | {"job": N}, "id": P}
+        → every subscriber: {"type": "paused", "data": {}, "id": its request id}
+          once the download has stopped (no connection, no slot, partial file kept)
+    {"type": "resume", "data": {"id": R} | {"job": N}, "id": P}
+        → the usual download replies (queued, started, progress…, success) to every subscriber
+    {"type": "limit",  "data": {"rate": B, "id": R} | {"rate": B, "job": N} | {"rate": B}, "id": P}
+        → {"type": "limit", "data": {"rate": B | null, "job": N | null}, "id": P}
+          B: bytes a second; 0 or null for no limit; without ``rate``, only report the limit.
+          Without a download, the server's overall limit.  Applies to running downloads.
+    {"type": "downloads", "id": P}
+        → {"type": "downloads", "data": {"downloads": [{id, url, type, state, label, progress,
+           rate, eta, downloaded, total, limit, path, message, clients}…], "limit": B | null}}
+
+``state`` is ``queued``, ``running``, ``paused``, ``done``, ``failed`` or ``cancelled``.  An
+unknown download, a pause or resume of one that has ended, and a bad rate (negative, not a
+number, over 1 TiB/s) are answered with ``{"type": "error", "data": {"message", "trace"},
+"id": P}``.
 """
 
 from __future__ import annotations
@@ -13,11 +38,12 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import math
 import secrets
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeGuard
 from urllib.parse import urlsplit
 
 import trio
@@ -25,14 +51,25 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 
 from ..core.folders import model_folder
 from ..engine.options import Options
+from ..engine.throttle import RateLimit
 from ..errors import DownloadError, redact_url
 from ..sources.base import SourceConfig
 from ..sources.resolve import check_source_url
 from . import messages
-from .downloads import DownloadFunction, DownloadQueue, Subscriber
+from .downloads import (
+    ENDED,
+    BasicDownloadFunction,
+    DownloadFunction,
+    DownloadQueue,
+    Job,
+    JobError,
+    JobState,
+    Subscriber,
+)
 from .http import ReplayStream, is_websocket_upgrade, read_request_head, respond
 from .library import list_models
 from .outbox import Outbox
+from .queuefile import QUEUE_FILE, read_queue_file
 from .wire import Codec, DecryptError, MalformedMessage, Scheme, decode, encode
 
 __all__ = ["ServeSettings", "ServerInfo", "is_loopback", "serve_segdl"]
@@ -42,6 +79,7 @@ log = logging.getLogger("segdl.server")
 HEAD_TIMEOUT = 10.0  # seconds for a new connection to send its request head
 CLOSE_TIMEOUT = 2.0  # seconds for a closing handshake before the socket is just closed
 MAX_URL = 8192
+MAX_RATE = 2**40  # bytes a second (1 TiB/s): anything above is a mistake
 
 
 @dataclass(frozen=True)
@@ -56,7 +94,11 @@ class ServeSettings:
     allowed_origins: tuple[str, ...] = ()
     options: Options | None = None
     engine: str = "native"
-    download: DownloadFunction | None = field(default=None, compare=False)
+    download: DownloadFunction | BasicDownloadFunction | None = field(default=None, compare=False)
+    # Bytes a second for all downloads together; None (or 0) for no limit.
+    max_overall_download_limit: int | None = None
+    # Keep unfinished downloads in MODELS/.segdl-queue.json and take them up at start.
+    persist_queue: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,7 +139,14 @@ async def serve_segdl(
     *,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Serve the page and the protocol until cancelled.  *scheme* holds the derived key."""
+    """Serve the page and the protocol until cancelled.  *scheme* holds the derived key.
+
+    Unfinished downloads of the queue file in the models directory are taken up first.
+    """
+    queue_file = settings.models_dir / QUEUE_FILE if settings.persist_queue else None
+    saved = None
+    if queue_file is not None:
+        saved = await trio.to_thread.run_sync(read_queue_file, queue_file)
     async with trio.open_nursery() as nursery:
         queue = DownloadQueue(
             nursery,
@@ -106,7 +155,11 @@ async def serve_segdl(
             options=settings.options,
             engine=settings.engine,
             download=settings.download,
+            overall_limit=RateLimit(settings.max_overall_download_limit or None),
+            queue_file=queue_file,
         )
+        if saved is not None:
+            queue.restore(saved)
         server = _Server(settings, scheme, queue)
         listeners: list[trio.abc.Listener[Any]] = list(
             await trio.open_tcp_listeners(settings.port, host=settings.host)
@@ -259,9 +312,15 @@ class _Server:
             self._download(client, id, data)
         elif type == "cancel":
             self._cancel(client, data)
+        elif type in ("pause", "resume"):
+            self._pause_or_resume(client, id, data, pause=type == "pause")
+        elif type == "limit":
+            self._limit(client, id, data)
         elif type == "downloads":
             listing = [job.summary() for job in self._queue.jobs()]
-            put(messages.envelope("downloads", {"downloads": listing}, id))
+            overall = self._queue.overall_limit.rate
+            limit = None if overall is None else int(overall)
+            put(messages.envelope("downloads", {"downloads": listing, "limit": limit}, id))
         elif type == "reconnect":
             pass  # nothing is kept per connection that a new one would need
         else:
@@ -300,15 +359,113 @@ class _Server:
         )
 
     def _cancel(self, client: _Client, data: dict[str, Any]) -> None:
-        target = data.get("id")
-        job = None
-        if isinstance(target, int):
-            job = self._queue.find(client.outbox, target)
-        download_id = data.get("download")  # extension: a job id from ``downloads``
-        if job is None and isinstance(download_id, int):
-            job = self._queue.get(download_id)
+        # Unknown ids are ignored, as sd-inference-server does: qDiffusion cancels any request.
+        job, _ = self._find_job(client, data)
         if job is not None:
             self._queue.cancel(job)
+
+    def _find_job(self, client: _Client, data: dict[str, Any]) -> tuple[Job | None, bool]:
+        """The job *data* addresses, and whether by job id (rather than a request of ours)."""
+        target = data.get("id")
+        if _is_id(target):
+            job = self._queue.find(client.outbox, target)
+            if job is not None:
+                return job, False
+        for key in ("job", "download"):  # a job id from the ``downloads`` listing
+            job_id = data.get(key)
+            if _is_id(job_id):
+                return self._queue.get(job_id), True
+        return None, False
+
+    def _lookup(self, client: _Client, id: int, data: dict[str, Any]) -> tuple[Job, bool] | None:
+        """As :meth:`_find_job`, answering an error when nothing is found."""
+        job, by_job_id = self._find_job(client, data)
+        if job is None:
+            if not any(_is_id(data.get(key)) for key in ("id", "job", "download")):
+                message = "which download? Give the download request's id, or its job id (job)"
+            else:
+                message = "no such download"
+            client.outbox.put(messages.error(message, id))
+            return None
+        if job.state in ENDED:
+            client.outbox.put(
+                messages.error(f"download {job.id} has already ended ({job.state.value})", id)
+            )
+            return None
+        return job, by_job_id
+
+    def _pause_or_resume(
+        self, client: _Client, id: int, data: dict[str, Any], *, pause: bool
+    ) -> None:
+        found = self._lookup(client, id, data)
+        if found is None:
+            return
+        job, by_job_id = found
+        # The id the client follows this download under.
+        follow = id if by_job_id else data["id"]
+        if by_job_id:
+            self._queue.subscribe(job, Subscriber(client.outbox, id))
+        try:
+            if pause:
+                was_paused = job.state is JobState.PAUSED
+                self._queue.pause(job)
+                if was_paused:
+                    client.outbox.put(messages.paused(follow))
+            else:
+                self._queue.resume(job)
+        except JobError as exc:
+            client.outbox.put(messages.error(str(exc), id))
+
+    def _limit(self, client: _Client, id: int, data: dict[str, Any]) -> None:
+        job: Job | None = None
+        if any(key in data for key in ("id", "job", "download")):
+            found = self._lookup(client, id, data)
+            if found is None:
+                return
+            job = found[0]
+        if "rate" in data:
+            try:
+                rate = parse_rate(data["rate"])
+            except ValueError as exc:
+                client.outbox.put(messages.error(str(exc), id))
+                return
+            if job is None:
+                self._queue.overall_limit.set(rate)
+                log.info("overall limit: %s", "none" if rate is None else f"{rate} B/s")
+            else:
+                self._queue.set_limit(job, rate)
+                log.info("download %d limit: %s", job.id, "none" if rate is None else f"{rate} B/s")
+        limit = self._queue.overall_limit if job is None else job.limit
+        effective = None if limit.rate is None else int(limit.rate)
+        client.outbox.put(messages.limit(id, effective, None if job is None else job.id))
+
+
+def parse_rate(value: object) -> int | None:
+    """A ``limit`` request's rate: bytes a second, ``None`` for no limit.
+
+    Raises:
+        ValueError: a message for the client.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("the rate must be a number of bytes a second (0 or null: no limit)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("the rate must be a finite number")
+    if value < 0:
+        raise ValueError("the rate must not be negative")
+    if value > MAX_RATE:
+        raise ValueError(f"the rate is too large (at most {MAX_RATE} bytes a second)")
+    if value == 0:
+        return None
+    rate = int(value)
+    if rate < 1:
+        raise ValueError("the rate must be at least 1 byte a second")
+    return rate
+
+
+def _is_id(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _token(value: object) -> str | None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..core.headers import parse_size
 from . import DEFAULT_PASSWORD
 
 if TYPE_CHECKING:
@@ -54,6 +55,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="downloads at once; the rest wait (default 3)",
     )
     parser.add_argument(
+        "--max-overall-download-limit",
+        default="0",
+        metavar="RATE",
+        help="bytes a second for all downloads together, e.g. 10M (K, M, G; 0: no limit, the "
+        "default). Clients can change it with the 'limit' request",
+    )
+    parser.add_argument(
         "--allow-origin",
         action="append",
         default=[],
@@ -90,6 +98,11 @@ def run_serve(args: argparse.Namespace) -> int:
         print("segdl: error: --max-concurrent-downloads must be at least 1", file=sys.stderr)
         return EXIT_BAD_OPTION
     try:
+        overall_limit = parse_size(args.max_overall_download_limit) or None
+    except ValueError as exc:
+        print(f"segdl: error: --max-overall-download-limit: {exc}", file=sys.stderr)
+        return EXIT_BAD_OPTION
+    try:
         context = _ssl_context(args.certfile, args.keyfile) if args.certfile else None
         args.models_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, ssl.SSLError) as exc:
@@ -107,6 +120,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ssl_context=context,
         max_concurrent=args.max_concurrent_downloads,
         allowed_origins=tuple(args.allow_origin),
+        max_overall_download_limit=overall_limit,
     )
     print("segdl serve: deriving the key…", file=sys.stderr)
     from .wire import Scheme

@@ -5,7 +5,9 @@ every server message is ``{type, data, id}``; ``id`` is -1 for connection-level 
 otherwise the id of the request the reply belongs to.  ``download`` replies carry a
 ``status`` — ``started`` (``label``), ``progress`` (``progress``, ``rate``, ``eta``),
 ``success`` (``label``), ``error`` (``message``, ``trace``) — and segdl adds ``queued`` and
-``metadata``, which qDiffusion ignores.  Pure: no I/O.
+``metadata``, which qDiffusion ignores.  segdl's own replies: ``paused`` (a download stopped
+until resumed, like ``aborted``) and ``limit`` (``rate`` in bytes a second or null, ``job``: the
+download's id, or null for the overall limit).  Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ __all__ = [
     "download_success",
     "envelope",
     "error",
+    "limit",
+    "paused",
 ]
 
 Message = dict[str, Any]
@@ -95,3 +99,11 @@ def download_success(id: int, *, label: str, path: str, size: int, sha256: str |
 def download_error(id: int, message: str, code: int = 1) -> Message:
     # qDiffusion indexes both ``message`` and ``trace``; a traceback would only leak paths.
     return _download(id, "error", message=message, trace="", code=code)
+
+
+def paused(id: int) -> Message:
+    return envelope("paused", {}, id)
+
+
+def limit(id: int, rate: int | None, job: int | None) -> Message:
+    return envelope("limit", {"rate": rate, "job": job}, id)

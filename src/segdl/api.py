@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -26,9 +27,9 @@ from .core.headers import (
     sanitize_filename,
 )
 from .engine.native import EventSink, download_to_path
-from .engine.options import Options
+from .engine.options import Options, RetryPolicy
 from .engine.throttle import RateLimit
-from .errors import BadResponse, DownloadError, InvalidURL, redact_url
+from .errors import BadResponse, DownloadError, HTTPStatusError, InvalidURL, redact_url
 from .io.dataplane import RemoteChanged
 from .io.files import check_writable_dir, remove_sidecars
 from .io.probe import ProbeResult, check_url, probe
@@ -63,7 +64,9 @@ def _client(options: Options) -> httpx.AsyncClient:
 
 
 async def _probe_sources(
-    client: httpx.AsyncClient, candidates: Sequence[tuple[str, Mapping[str, str]]]
+    client: httpx.AsyncClient,
+    candidates: Sequence[tuple[str, Mapping[str, str]]],
+    policy: RetryPolicy,
 ) -> tuple[ProbeResult, list[ProbeResult]]:
     """Probe every URL of the file at once: the first that answers, and usable mirrors.
 
@@ -73,10 +76,22 @@ async def _probe_sources(
     results: list[ProbeResult | DownloadError | None] = [None] * len(candidates)
 
     async def probe_one(index: int, url: str, headers: Mapping[str, str]) -> None:
-        try:
-            results[index] = await probe(client, url, headers=headers, now=_wall_clock())
-        except DownloadError as exc:
-            results[index] = exc
+        for attempt in itertools.count(1):
+            try:
+                results[index] = await probe(client, url, headers=headers, now=_wall_clock())
+                return
+            except HTTPStatusError as exc:
+                # Busy or failing for a moment (429, 5xx): wait as the data connections do.
+                busy = exc.status >= 500 or exc.status == 429
+                if not busy or attempt >= policy.max_tries:
+                    results[index] = exc
+                    return
+                await trio.sleep(
+                    policy.delay(attempt, retry_after=exc.retry_after, rand=random.random())
+                )
+            except DownloadError as exc:
+                results[index] = exc
+                return
 
     if len(candidates) == 1:
         await probe_one(0, *candidates[0])
@@ -213,7 +228,7 @@ async def _download(
             site_headers = {**plan.headers, **options.headers}
             candidates = [(u, site_headers) for u in plan.urls]
             candidates += [(u, dict(options.headers)) for u in (*plan.mirrors, *urls[1:])]
-            probed, mirrors = await _probe_sources(client, candidates)
+            probed, mirrors = await _probe_sources(client, candidates, options.retry)
             if plan.size is not None and probed.size is not None and plan.size != probed.size:
                 raise BadResponse(
                     f"the server's file is {probed.size} bytes but {plan.source} says {plan.size}",
@@ -247,8 +262,10 @@ async def _download(
                 if attempt >= MAX_RESTARTS:
                     raise
                 # Never mix two versions: drop the partial and start over from a new probe.
-                await trio.to_thread.run_sync(remove_sidecars, path)
+                # Data first: a crash in between leaves sidecars without data (discarded),
+                # never an old full-size file without its state.
                 await trio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+                await trio.to_thread.run_sync(remove_sidecars, path)
                 continue
             if plan.verify is not None:
                 await plan.verify(path)

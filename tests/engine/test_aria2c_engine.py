@@ -204,7 +204,10 @@ async def test_complete_file_does_not_start_aria2c(
     monkeypatch.setattr(trio.lowlevel, "open_process", no_process)
     events: list[Event] = []
     result = await download_with_aria2c(
-        probed, tmp_path / "model.safetensors", replace(FAST, compute_sha256=True), events.append
+        probed,
+        tmp_path / "model.safetensors",
+        replace(FAST, compute_sha256=True, continue_partial=True),
+        events.append,
     )
     assert result.sha256 == SHA
     assert isinstance(events[-1], Progress)

@@ -191,16 +191,40 @@ async def test_checksum_is_verified(range_server: RangeServer, tmp_path: pathlib
     assert info.value.exit_code == 32
 
 
-async def test_complete_file_is_not_downloaded_again(
+async def test_a_finished_file_is_not_downloaded_again_when_it_can_be_trusted(
     range_server: RangeServer, tmp_path: pathlib.Path
 ) -> None:
+    """A file of the right size is taken as finished with -c (as aria2c) or when the checksum
+    proves it; without either it may be another version of the same size: refused (13)."""
     range_server.add("/f.bin", Resource(body=BODY))
     await get(range_server, tmp_path)
     before = len(data_requests(range_server))
-    result = await get(range_server, tmp_path)
+    with pytest.raises(segdl.FileExists, match="already exists"):
+        await get(range_server, tmp_path)
+    for trusted in (
+        replace(FAST, continue_partial=True),
+        replace(FAST, checksum=segdl.parse_checksum(f"sha-256={SHA}")),
+    ):
+        result = await get(range_server, tmp_path, options=trusted)
+        assert result.size == len(BODY)
     assert len(data_requests(range_server)) == before
-    assert result.size == len(BODY)
     assert sha(tmp_path / "f.bin") == SHA
+
+
+async def test_a_same_size_file_with_other_content_is_not_reported_as_done(
+    range_server: RangeServer, tmp_path: pathlib.Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    other = bytes(len(BODY))
+    (tmp_path / "f.bin").write_bytes(other)
+    checksum = segdl.parse_checksum(f"sha-256={SHA}")
+    with pytest.raises(segdl.FileExists, match="other content"):
+        await get(range_server, tmp_path, options=replace(FAST, checksum=checksum))
+    assert (tmp_path / "f.bin").read_bytes() == other  # never replaced without consent
+    result = await get(
+        range_server, tmp_path, options=replace(FAST, checksum=checksum, allow_overwrite=True)
+    )
+    assert sha(pathlib.Path(result.path)) == SHA
 
 
 async def test_existing_different_file_is_never_overwritten(

@@ -17,6 +17,8 @@ it during a download always decodes it; a write torn by a crash leaves the previ
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -42,6 +44,7 @@ from support import (
     claimed_ranges,
     data_bytes_served,
     expect_exact,
+    is_data_request,
     read_control,
     require_program,
     wait_gone,
@@ -51,7 +54,7 @@ import segdl
 from segdl.core.controlfile import ControlFile, ControlFileError
 from segdl.core.events import Event, Progress
 from segdl.io import files
-from segdl.testing.rangeserver import RangeServer, Resource
+from segdl.testing.rangeserver import Fault, FaultSchedule, RangeServer, Resource
 
 SEGDL = [sys.executable, "-m", "segdl"]
 # What the command line uses: segdl's defaults.
@@ -456,12 +459,6 @@ async def test_control_write_torn_by_a_crash_leaves_the_previous_state(
     expect_exact(target, BODY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: engine/native.py _fresh allocates the full-size data file before it writes "
-    "the control file; a crash in between leaves a full-size file of zeros without sidecars, "
-    "which the next run (with or without -c) reports as complete",
-)
 async def test_crash_between_allocation_and_control_file(
     slow_server: RangeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -475,24 +472,27 @@ async def test_crash_between_allocation_and_control_file(
     expect_exact(tmp_path / "f.bin", BODY, known_bug="zero-filled file taken as complete")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on a remote change api._download removes the sidecars before the partial; a "
-    "crash in between leaves a full-size data file without sidecars, which the next run "
-    "reports as complete (old bytes, or a mix, under the new version's name)",
-)
 async def test_crash_while_discarding_a_changed_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The file changes mid-download (seen on a reconnect); the engine discards the partial
+    to start over and the process dies while doing so.  The next run must end with the new
+    version: data is deleted before its sidecars, so no full-size stale file is left without
+    the state that says which version it holds."""
     new = random.Random(43).randbytes(len(BODY))
     target = tmp_path / "f.bin"
-    with RangeServer(rate_limit=2 * MIB) as server:
+    with RangeServer() as server:
         server.add("/f.bin", Resource(body=BODY, etag='"v1"'))
-
-        def on_event(event: Event) -> None:
-            if isinstance(event, Progress) and event.downloaded > MIB:
-                server.add("/f.bin", Resource(body=new, etag='"v2"'))
-
+        # The first data request is cut after 512 KiB; the file has changed by the retry.
+        server.on_request(
+            FaultSchedule(
+                [
+                    Fault.drop_after(512 * 1024),
+                    Fault.replace(Resource(body=new, etag='"v2"')),
+                ],
+                applies_to=is_data_request,
+            )
+        )
         real_unlink = Path.unlink
 
         def unlink(self: Path, missing_ok: bool = False) -> None:
@@ -501,16 +501,15 @@ async def test_crash_while_discarding_a_changed_file(
             real_unlink(self, missing_ok=missing_ok)
 
         monkeypatch.setattr(Path, "unlink", unlink)
-        try:
+        with pytest.raises(BaseException) as info:  # noqa: PT011 - the crash, however wrapped
             await segdl.download(
-                server.url("/f.bin"), tmp_path, options=slow_options(), on_event=on_event
+                server.url("/f.bin"), tmp_path, options=slow_options(connections=1, split=1)
             )
-        except BaseException as exc:
-            if not crashed(exc):
-                raise
+        assert crashed(info.value)
         monkeypatch.undo()
+        server.on_request(None)
         await segdl.download(server.url("/f.bin"), tmp_path, options=slow_options())
-    expect_exact(target, new, known_bug="stale partial taken as the changed file")
+    expect_exact(target, new)
 
 
 # -- a corrupt or truncated control file -----------------------------------------------------
@@ -624,16 +623,25 @@ def verdict(damaged: bytes, partial: Partial) -> str:
         return "detected: does not decode"
     if control.total_length != len(CORRUPT_BODY):
         return "detected: wrong length"
+    sealed = json.loads(partial.validators).get("control_sha256")
+    if damaged != partial.control and sealed == hashlib.sha256(partial.control).hexdigest():
+        return "detected: does not match its seal"
     if check_claims(partial.data, control, [CORRUPT_BODY]) is None:
         return "undetected: claims bytes not on disk"
     return "harmless: claims only bytes on disk"
 
 
 def place(directory: Path, partial: Partial, control: bytes) -> Path:
+    """The partial, its validators and *control* as the control file — damaged in place,
+    as a disk would: with the mtime its seal in the validators file recorded."""
     target = directory / "c.bin"
     target.write_bytes(partial.data)
-    target.with_name("c.bin.aria2").write_bytes(control)
+    control_file = target.with_name("c.bin.aria2")
+    control_file.write_bytes(control)
     target.with_name("c.bin.segdl").write_bytes(partial.validators)
+    sealed = json.loads(partial.validators).get("control_mtime_ns")
+    if isinstance(sealed, int):
+        os.utime(control_file, ns=(sealed, sealed))
     return target
 
 
@@ -643,9 +651,10 @@ async def test_damaged_control_file_is_detected_or_harmless(
     mutation: Mutation, real_partial: Partial, plain_server: RangeServer
 ) -> None:
     """Truncations, bit flips, zeroed tails and trailing garbage of a real control file: the
-    download ends byte-identical.  A flip that still decodes but claims bytes that are not on
-    disk cannot be told from a true state by the current design; those are counted and left
-    to test_flipped_bit_claiming_an_unfetched_piece_is_detected (xfail)."""
+    download ends byte-identical.  A flip that still decodes is caught by the seal in the
+    validators file (its digest of the control file); one that escaped it would be counted
+    as "undetected" and skipped here (test_flipped_bit_claiming_an_unfetched_piece_is_detected
+    pins the dangerous case)."""
     FIGURES.example("damaged control file")
     damaged = mutation.apply(real_partial.control)
     judged = verdict(damaged, real_partial)
@@ -664,11 +673,6 @@ async def test_damaged_control_file_is_detected_or_harmless(
             assert data_bytes_served(plain_server, since=before) >= len(CORRUPT_BODY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DESIGN: a control file that decodes but is wrong (a flipped bit marks an "
-    "unfetched piece done) is trusted; nothing checks the control file's integrity",
-)
 async def test_flipped_bit_claiming_an_unfetched_piece_is_detected(
     real_partial: Partial, plain_server: RangeServer, tmp_path: Path
 ) -> None:
@@ -683,7 +687,8 @@ async def test_flipped_bit_claiming_an_unfetched_piece_is_detected(
     bit = missing[len(missing) // 2]
     damaged = bytearray(real_partial.control)
     damaged[BITFIELD_OFFSET + bit // 8] ^= 0x80 >> (bit % 8)
-    assert verdict(bytes(damaged), real_partial).startswith("undetected")
+    # It still decodes and names the right length: only the seal can tell.
+    assert verdict(bytes(damaged), real_partial) == "detected: does not match its seal"
     target = place(tmp_path, real_partial, bytes(damaged))
     await segdl.download(plain_server.url("/c.bin"), tmp_path, options=slow_options())
     expect_exact(target, CORRUPT_BODY, known_bug="flipped bitfield bit trusted")

@@ -358,12 +358,6 @@ def test_unusable_destination_is_refused_before_any_byte(
         assert (tmp_path / "a-file").read_bytes() == b"keep me"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a directory where the file should go is reported as 'already exists; use -c "
-    "to continue it' (exit 13); with -c it fails (exit 17) after writing a stray NAME.segdl "
-    "beside it (engine/native.py prepare_target treats any existing path as a file)",
-)
 def test_directory_in_place_of_the_file(
     server: RangeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

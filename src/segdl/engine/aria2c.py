@@ -74,7 +74,7 @@ from ..errors import (
 from ..io import files
 from ..io.dataplane import USER_AGENT
 from ..io.probe import ProbeResult
-from .native import EventSink, TargetState, _hash_file, prepare_target
+from .native import EventSink, TargetState, _hash_file, check_existing_file, prepare_target
 from .options import Options
 from .throttle import RateLimit
 
@@ -212,6 +212,8 @@ async def download_with_aria2c(
         raise DownloadError(NOT_INSTALLED)
     _check_headers(probe.headers, probe.url)
     start = await trio.to_thread.run_sync(prepare_target, path, probe, options)
+    if start.unverified and options.checksum is not None:
+        start = await trio.to_thread.run_sync(check_existing_file, path, probe, options)
     emit(Started(filename=path.name, size=probe.size, path=str(path)))
     verified = False
     if start.complete:

@@ -39,6 +39,7 @@ from ..errors import (
     AuthError,
     BadResponse,
     ChecksumMismatch,
+    DiskError,
     DownloadError,
     FileExists,
     HTTPStatusError,
@@ -197,6 +198,7 @@ class TargetState:
     pieces: PieceMap | None  # None: stream without ranges
     complete: bool
     resumed_bytes: int
+    unverified: bool = False  # an existing file of the right size, nothing else known
 
 
 def prepare_target(path: Path, probe: ProbeResult, options: Options) -> TargetState:
@@ -205,9 +207,9 @@ def prepare_target(path: Path, probe: ProbeResult, options: Options) -> TargetSt
     Synchronous (file system); run in a thread.
     """
     size = probe.size
-    current = files.Validators(
-        url=redact_url(probe.url), size=size, etag=probe.etag, last_modified=probe.last_modified
-    )
+    if path.is_dir() or (path.exists() and not path.is_file()):
+        raise DiskError(f"{path} is a directory or a special file; choose another name with -o")
+    current = _validators_of(probe)
     try:
         control = files.read_control(path)
     except ControlFileError:
@@ -237,8 +239,11 @@ def prepare_target(path: Path, probe: ProbeResult, options: Options) -> TargetSt
         return TargetState(pieces, complete=pieces.complete, resumed_bytes=pieces.downloaded)
     if exists:
         have = path.stat().st_size
-        if size is not None and have == size:
-            return TargetState(None, complete=True, resumed_bytes=have)
+        if size is not None and have == size and (options.checksum or options.continue_partial):
+            # A finished file from an earlier run: taken as done only if the checksum will
+            # prove it (checked after, see download_to_path) or the user said -c, as aria2c.
+            # Otherwise a file of the right size may still be another version.
+            return TargetState(None, complete=True, resumed_bytes=have, unverified=True)
         if options.continue_partial and size is not None and probe.accepts_ranges:
             if have > size:
                 raise ResumeError(
@@ -266,6 +271,32 @@ def prepare_target(path: Path, probe: ProbeResult, options: Options) -> TargetSt
     return _fresh(path, probe, options, current)
 
 
+def check_existing_file(path: Path, probe: ProbeResult, options: Options) -> TargetState:
+    """An existing file of the right size and a checksum to prove it: done if it matches;
+    otherwise replaced only with ``allow_overwrite`` (it is someone's other file).
+
+    Synchronous (hashes the file); run in a thread.
+    """
+    assert options.checksum is not None
+    if _hash_file(path, options.checksum.algorithm) == options.checksum.hexdigest:
+        return TargetState(None, complete=True, resumed_bytes=path.stat().st_size)
+    if not options.allow_overwrite:
+        raise FileExists(
+            f"{path} already exists with other content (its {options.checksum.algorithm} "
+            "differs); use --allow-overwrite to replace it"
+        )
+    return _fresh(path, probe, options, _validators_of(probe))
+
+
+def _validators_of(probe: ProbeResult) -> files.Validators:
+    return files.Validators(
+        url=redact_url(probe.url),
+        size=probe.size,
+        etag=probe.etag,
+        last_modified=probe.last_modified,
+    )
+
+
 def _fresh(
     path: Path, probe: ProbeResult, options: Options, current: files.Validators
 ) -> TargetState:
@@ -273,14 +304,20 @@ def _fresh(
     files.remove_sidecars(path)
     if size is not None:
         files.check_free_space(path.parent, size - _existing_size(path))
-    fd = files.open_data_file(path, size, truncate=True)
-    os.close(fd)
     if size is None or not probe.accepts_ranges:
-        # aria2 writes no control file when the server cannot resume.
+        # aria2 writes no control file when the server cannot resume.  Not preallocated
+        # either: a full-size file without a control file reads as a finished download, so
+        # an interrupted stream must leave a shorter one.
+        fd = files.open_data_file(path, None, truncate=True)
+        os.close(fd)
         return TargetState(None, complete=False, resumed_bytes=0)
+    # The state comes first: a crash before the data file is allocated leaves a control
+    # file without data (discarded as defunct), never a full-size file without state.
     pieces = PieceMap(size, options.piece_length)
     files.write_validators(path, current)
     files.write_control(path, control_from_pieces(pieces))
+    fd = files.open_data_file(path, size, truncate=True)
+    os.close(fd)
     return TargetState(pieces, complete=pieces.complete, resumed_bytes=0)
 
 
@@ -636,6 +673,17 @@ class _FileDownload:
             raise RemoteChanged(
                 f"the file on {host} changed during the download (new ETag)", url=url
             )
+        modified = head.last_modified
+        # Without ETags on both sides, Last-Modified names the version (RFC 9110 §8.8.2).
+        if (
+            not (probe.etag and etag)
+            and probe.last_modified
+            and modified
+            and modified != probe.last_modified
+        ):
+            raise RemoteChanged(
+                f"the file on {host} changed during the download (new Last-Modified)", url=url
+            )
         if head.status != 206:
             raise BadResponse(
                 f"{host} answered a range request with HTTP {head.status} instead of 206", url=url
@@ -730,6 +778,8 @@ async def download_to_path(
     file is not the one the partial came from (the caller restarts after a new probe).
     """
     start = await trio.to_thread.run_sync(prepare_target, path, probe, options)
+    if start.unverified and options.checksum is not None:
+        start = await trio.to_thread.run_sync(check_existing_file, path, probe, options)
     emit(Started(filename=path.name, size=probe.size, path=str(path)))
     if not start.complete:
         download = _FileDownload(

@@ -118,6 +118,10 @@ class ResponseHead:
     def etag(self) -> str | None:
         return self.headers.get("etag")
 
+    @property
+    def last_modified(self) -> str | None:
+        return self.headers.get("last-modified")
+
 
 class Connection:
     """One keep-alive HTTP/1.1 connection to an endpoint; not shared between threads,

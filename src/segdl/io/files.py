@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -214,16 +215,54 @@ def read_control(path: Path) -> ControlFile | None:
         raise ControlFileError(f"cannot read {control_path(path)}: {exc.strerror}") from exc
     control = ControlFile.decode(data)
     try:
-        _load_validators(path)
+        raw = _load_validators_json(path)
     except FileNotFoundError:
-        pass
+        return control
     except (OSError, ValueError) as exc:
         raise ControlFileError(f"{validators_path(path)} is damaged: {exc}") from exc
+    _check_seal(path, data, raw)
     return control
 
 
+def _check_seal(path: Path, data: bytes, raw: dict[str, object]) -> None:
+    """A control file that decodes can still be wrong (a flipped bit claiming a piece that
+    was never fetched).  write_control seals each version in the validators file: its
+    digest and the control file's mtime.  A different digest with the *same* mtime is damage
+    at rest; a different mtime means another writer (aria2c resuming our partial) replaced
+    it, which is trusted as aria2c trusts its own files.
+    """
+    digest, mtime = raw.get("control_sha256"), raw.get("control_mtime_ns")
+    if not isinstance(digest, str) or not isinstance(mtime, int):
+        return  # written before seals, or by a writer that does not seal
+    if hashlib.sha256(data).hexdigest() == digest:
+        return
+    try:
+        current_mtime = control_path(path).stat().st_mtime_ns
+    except OSError as exc:
+        raise ControlFileError(f"cannot read {control_path(path)}: {exc.strerror}") from exc
+    if current_mtime == mtime:
+        raise ControlFileError(f"{control_path(path)} does not match its seal: damaged")
+
+
 def write_control(path: Path, control: ControlFile) -> None:
-    write_atomic(control_path(path), control.encode())
+    """Replace the control file, then seal it in the validators file (see _check_seal).
+
+    A crash between the two leaves the new control file with the old seal: a different
+    mtime, so it is trusted — it is a complete, fsynced version of our own.
+    """
+    data = control.encode()
+    target = control_path(path)
+    write_atomic(target, data)
+    try:
+        raw = _load_validators_json(path)
+    except (OSError, ValueError):
+        return  # no validators to seal into (prepare_target writes them first)
+    raw["control_sha256"] = hashlib.sha256(data).hexdigest()
+    try:
+        raw["control_mtime_ns"] = target.stat().st_mtime_ns
+    except OSError as exc:
+        raise disk_error(exc, f"cannot read {target}") from exc
+    write_atomic(validators_path(path), json.dumps(raw, indent=1).encode())
 
 
 def read_validators(path: Path) -> Validators | None:
@@ -234,21 +273,44 @@ def read_validators(path: Path) -> Validators | None:
         return None
 
 
-def _load_validators(path: Path) -> Validators:
-    """Parse the validators file; ValueError for anything but what write_validators writes."""
+def _load_validators_json(path: Path) -> dict[str, object]:
+    """The validators file as written; ValueError unless it holds valid validators."""
     raw = json.loads(validators_path(path).read_bytes())
     if not isinstance(raw, dict):
         raise ValueError("not a JSON object")
+    _validators_from(raw)
+    seal = raw.get("control_sha256"), raw.get("control_mtime_ns")
+    if seal != (None, None) and (
+        not isinstance(seal[0], str) or not isinstance(seal[1], int) or isinstance(seal[1], bool)
+    ):
+        raise ValueError(f"bad control seal {seal!r}")
+    return raw
+
+
+def _load_validators(path: Path) -> Validators:
+    """Parse the validators file; ValueError for anything but what write_validators writes."""
+    return _validators_from(_load_validators_json(path))
+
+
+def _validators_from(raw: dict[str, object]) -> Validators:
     url, size = raw.get("url"), raw.get("size")
     etag, last_modified = raw.get("etag"), raw.get("last_modified")
     if not isinstance(url, str):
         raise ValueError("no url")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise ValueError(f"bad size {size!r}")
-    for name, value in (("etag", etag), ("last_modified", last_modified)):
-        if value is not None and not isinstance(value, str):
-            raise ValueError(f"bad {name} {value!r}")
-    return Validators(url=url, size=size, etag=etag, last_modified=last_modified)
+    return Validators(
+        url=url,
+        size=size,
+        etag=_optional_text(etag, "etag"),
+        last_modified=_optional_text(last_modified, "last_modified"),
+    )
+
+
+def _optional_text(value: object, name: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"bad {name} {value!r}")
+    return value
 
 
 def write_validators(path: Path, validators: Validators) -> None:

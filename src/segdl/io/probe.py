@@ -9,11 +9,16 @@ From the final answer it learns the size (``Content-Range`` of a 206, else
 
 from __future__ import annotations
 
+import base64
+import logging
+import re
 import ssl
+import unicodedata
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -59,30 +64,132 @@ class ProbeResult:
 
 
 def check_url(url: str) -> str:
-    """Reject what is not an http(s) URL with a host, with one clear line."""
-    if len(url) > 16384:
-        raise InvalidURL("URL is too long", url=None)
+    """Reject what is not an http(s) URL with a host, with one clear line.
+
+    Also refused, before anything is sent: characters no request line may carry (controls,
+    DEL, spaces and Unicode line separators, which would also split the error message) and
+    host names the resolver cannot encode (an empty or over-long label, RFC 1035 §2.3.4).
+    Messages show the URL only as :func:`_display` does, never its credentials.
+    """
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidURL(f"URL is too long ({len(url)} characters)", url=None)
+    if any(_unsafe_char(c) for c in url):
+        shown = "".join("?" if _unsafe_char(c) else c for c in _display(url))
+        raise InvalidURL(f"URL contains spaces or control characters: {shown}", url=url)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise InvalidURL(f"invalid URL: {redact_url(url)} ({exc})", url=url) from exc
+        # Not urlsplit's words: they quote the "port", which may be half a password
+        # ("http://user:pa/ss@host/").
+        what = "port" if "port" in str(exc).lower() else "address"
+        raise InvalidURL(f"invalid URL: bad {what} in {_display(url)}", url=url) from exc
     if parts.scheme.lower() not in ("http", "https"):
         scheme = parts.scheme or "none"
+        # Only the scheme: what follows an unknown one ("user:secret@host") is not known
+        # to be a path.
         raise InvalidURL(
-            f"unsupported URL scheme {scheme!r} in {redact_url(url)}: only http and https",
-            url=url,
+            f"unsupported URL scheme {scheme[:20]!r}: only http and https URLs", url=url
         )
     if not parts.hostname:
-        raise InvalidURL(f"URL has no host: {redact_url(url)}", url=url)
-    if any(ord(c) < 0x21 for c in url):
-        raise InvalidURL(f"URL contains spaces or control characters: {redact_url(url)}", url=url)
+        raise InvalidURL(f"URL has no host: {_display(url)}", url=url)
+    if not _valid_host(parts.hostname):
+        raise InvalidURL(f"invalid host name in {_display(url)}", url=url)
     return url
+
+
+def _display(url: str) -> str:
+    """*url* for a message: :func:`redact_url`, or only its scheme when it has no host (then
+    what follows may be credentials, as in ``http:user:secret@host``)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018
+    except ValueError:
+        return "<invalid URL>"
+    if not parts.hostname:
+        return f"{parts.scheme[:20] or '?'}:…"
+    shown = redact_url(url)
+    return shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 1] + "…"
+
+
+_MAX_SHOWN = 200
+
+
+MAX_URL_LENGTH = 16384
+_MAX_HOST = 253  # RFC 1035 §2.3.4, without the trailing dot
+_MAX_LABEL = 63
+# Bidi embeddings, overrides and isolates: they make a URL (and a message) read differently
+# from what it is.
+_BIDI_CONTROLS = frozenset(
+    chr(c) for c in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+)
+
+
+def _unsafe_char(char: str) -> bool:
+    if char.isascii():
+        return char <= " " or char == "\x7f"  # C0 controls, space, DEL
+    # Cc: C1 controls; Zs, Zl, Zp: every other space and the line/paragraph separators;
+    # Cs: a lone surrogate, which no encoding (of a request line, or of a message) can carry.
+    return char in _BIDI_CONTROLS or unicodedata.category(char) in _UNSAFE_CATEGORIES
+
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zs", "Zl", "Zp"})
+
+
+def _valid_host(host: str) -> bool:
+    """Can the resolver encode *host*?  IP literals always; names label by label (IDNA)."""
+    if ":" in host:  # an IPv6 literal (urlsplit dropped the brackets)
+        return True
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError:
+        return False
+    labels = encoded.rstrip(b".").split(b".")
+    return len(encoded) <= _MAX_HOST and all(0 < len(label) <= _MAX_LABEL for label in labels)
+
+
+# httpx logs every request's URL, query and all, at INFO ("HTTP Request: GET …"), and httpcore
+# logs response heads at DEBUG (a redirect's Location among them).  The query of a signed
+# storage URL is a credential, and so is a ``?token=`` a user pasted: while segdl talks
+# through httpx (inside httpx_errors), those records show URLs as redact_url does.  A context
+# variable scopes this to segdl's own requests; others using httpx keep their logs.
+_REDACTING: ContextVar[bool] = ContextVar("segdl_redact_httpx_urls", default=False)
+_URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+)
+
+
+class _RedactRequestURLs(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _REDACTING.get():
+            return True
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(
+                redact_url(str(arg)) if isinstance(arg, httpx.URL) else arg for arg in record.args
+            )
+        elif isinstance(record.msg, str):
+            record.msg = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), record.msg)
+        return True
+
+
+_FILTER = _RedactRequestURLs()
+for _name in _HTTP_LOGGERS:
+    # A filter on "httpcore" would not see its children's records: each logger has its own.
+    logging.getLogger(_name).addFilter(_FILTER)
 
 
 @contextmanager
 def httpx_errors(url: str) -> Iterator[None]:
-    """The one seam where httpx's exceptions become segdl's (probe and site APIs alike)."""
+    """The one seam where httpx's exceptions become segdl's (probe and site APIs alike).
+
+    Inside it, httpx's request log shows URLs without their query (see ``_REDACTING``).
+    """
+    redacting = _REDACTING.set(True)
     try:
         yield
     except httpx.TimeoutException as exc:
@@ -95,6 +202,8 @@ def httpx_errors(url: str) -> Iterator[None]:
         raise InvalidURL(f"invalid URL: {redact_url(url)}", url=url) from exc
     except httpx.TransportError as exc:
         raise NetworkError(f"cannot reach {_host(url)}: {_reason(exc)}", url=url) from exc
+    finally:
+        _REDACTING.reset(redacting)
 
 
 def same_origin(a: str, b: str) -> bool:
@@ -115,14 +224,20 @@ async def probe(
 ) -> ProbeResult:
     """Probe *url*; the result's ``headers`` are safe to send to the final URL."""
     check_url(url)
-    current = url
     sent = dict(headers or {})
+    current = _take_userinfo(url, sent)
     for _ in range(MAX_REDIRECTS + 1):
-        request = client.build_request(
-            "GET", current, headers={**sent, "Range": "bytes=0-0", "Accept-Encoding": "identity"}
-        )
         with httpx_errors(current):
+            request = client.build_request(
+                "GET",
+                current,
+                headers={**sent, "Range": "bytes=0-0", "Accept-Encoding": "identity"},
+            )
             response = await client.send(request, stream=True, follow_redirects=False)
+        if not current.isascii():
+            # The data plane sends the URL as it is, and a request line is ASCII: use the
+            # form httpx sent (RFC 3986 §2.1 percent-encoding of the UTF-8 bytes).
+            current = str(request.url)
         try:
             if response.is_redirect:
                 location = response.headers.get("location")
@@ -134,12 +249,30 @@ async def probe(
                 check_url(target)
                 if not same_origin(current, target):
                     sent = strip_credentials(sent)
-                current = target
+                current = _take_userinfo(target, sent)
                 continue
             return _result(response, current, sent, now=now)
         finally:
             await response.aclose()
     raise BadResponse(f"too many redirects (over {MAX_REDIRECTS}) from {redact_url(url)}", url=url)
+
+
+def _take_userinfo(url: str, headers: dict[str, str]) -> str:
+    """*url* without ``user:password@``, which becomes a Basic ``Authorization`` in *headers*.
+
+    As a header the credentials follow the same rules as a token's: dropped when a redirect
+    leaves the origin, sent by the data plane too; and the URL httpx logs has none.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if not any(name.lower() == "authorization" for name in headers):
+        # RFC 7617 §2: user-id ":" password, UTF-8 (the charset RFC 7617 §2.1 allows).
+        pair = f"{unquote(user)}:{unquote(password)}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def _result(

@@ -22,6 +22,8 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 __all__ = [
+    "MAX_NAME_BYTES",
+    "MAX_PARTIAL_NAME_BYTES",
     "Checksum",
     "ContentRange",
     "HeaderError",
@@ -412,6 +414,9 @@ def filename_from_url(url: str) -> str | None:
 # Most file systems limit a name to 255 bytes (ext4, btrfs) or 255 UTF-16 units (APFS, NTFS);
 # 255 UTF-8 bytes satisfies both, since no character takes more UTF-16 units than UTF-8 bytes.
 MAX_NAME_BYTES = 255
+# A partial download's sidecars add a suffix to its name: ".aria2", ".segdl", and the
+# temporary "NAME.aria2__temp" an atomic replace writes first (io/files.py), the longest.
+MAX_PARTIAL_NAME_BYTES = MAX_NAME_BYTES - len(".aria2__temp")
 
 # An extension longer than this is not worth keeping at the expense of the name itself.
 _MAX_EXTENSION_BYTES = 32
@@ -466,7 +471,7 @@ def _truncate(name: str, limit: int) -> str:
     return encoded[:limit].decode("utf-8", "ignore").rstrip(" .")
 
 
-def _clean(name: str) -> str | None:
+def _clean(name: str, max_bytes: int = MAX_NAME_BYTES) -> str | None:
     """Sanitise *name*, or return ``None`` when nothing usable remains."""
     # Only the last component: a server must never choose the directory ("../../etc/passwd").
     # Empty components ("dir/") are skipped so the name that is there is used.
@@ -478,14 +483,16 @@ def _clean(name: str) -> str | None:
     cleaned = cleaned.strip(" .")
     if not cleaned:
         return None
-    cleaned = _truncate(cleaned, MAX_NAME_BYTES)
+    cleaned = _truncate(cleaned, max_bytes)
     # Checked after truncation, which could otherwise expose a device name ("CON   …x").
     if _is_windows_reserved(cleaned):
-        cleaned = _truncate("_" + cleaned, MAX_NAME_BYTES)
+        cleaned = _truncate("_" + cleaned, max_bytes)
     return cleaned or None
 
 
-def sanitize_filename(name: str, *, fallback: str = "download") -> str:
+def sanitize_filename(
+    name: str, *, fallback: str = "download", max_bytes: int = MAX_NAME_BYTES
+) -> str:
     """Make *name* a single file name that is safe to create on Linux, macOS and Windows.
 
     Keeps only the part after the last ``/`` or ``\\``; removes control characters and bidi
@@ -497,15 +504,25 @@ def sanitize_filename(name: str, *, fallback: str = "download") -> str:
         name: an untrusted name, e.g. from a server.
         fallback: used when nothing of *name* survives; sanitised the same way, and replaced
             by ``"download"`` if nothing of it survives either.
+        max_bytes: the longest name, in UTF-8 bytes.  A download's name needs room for its
+            sidecars' suffixes (``NAME.aria2``, and the temporary ``NAME.aria2__temp``
+            while it is replaced): :data:`MAX_PARTIAL_NAME_BYTES`.
 
     Returns:
         A non-empty name that is never ``.`` or ``..``.
     """
-    return _clean(name) or _clean(fallback) or "download"
+    # Room for a whole extension (up to _MAX_EXTENSION_BYTES) and some of the stem.
+    if not 2 * _MAX_EXTENSION_BYTES <= max_bytes <= MAX_NAME_BYTES:
+        raise ValueError(f"max_bytes must be between 64 and {MAX_NAME_BYTES}, not {max_bytes}")
+    return _clean(name, max_bytes) or _clean(fallback, max_bytes) or "download"
 
 
 def choose_filename(
-    content_disposition: str | None, url: str, *, fallback: str = "download"
+    content_disposition: str | None,
+    url: str,
+    *,
+    fallback: str = "download",
+    max_bytes: int = MAX_NAME_BYTES,
 ) -> str:
     """Pick the local file name for a download, always sanitised.
 
@@ -519,10 +536,10 @@ def choose_filename(
     )
     for candidate in candidates:
         if candidate:
-            cleaned = _clean(candidate)
+            cleaned = _clean(candidate, max_bytes)
             if cleaned:
                 return cleaned
-    return sanitize_filename(fallback)
+    return sanitize_filename(fallback, max_bytes=max_bytes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,11 @@ signed for GET only), following redirects by hand so credentials never travel to
 origin (RFC 9110 §15.4 leaves that to the client; httpx drops only ``Authorization``).
 From the final answer it learns the size (``Content-Range`` of a 206, else
 ``Content-Length`` of a 200), whether ranges work, the validators and a filename.
+
+Before anything is sent, :func:`check_url` refuses what no request line may carry; the URL's
+``user:password@`` becomes a Basic ``Authorization`` header, under the same rules as a
+token's; and the result's URL is ASCII, as the data plane sends it.  httpx's own request log
+shows segdl's URLs without their query (signed URLs and pasted tokens are credentials).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import trio
 
 from .core.events import Cancelled, Error, Event, Success
 from .core.headers import (
+    MAX_PARTIAL_NAME_BYTES,
     Checksum,
     choose_filename,
     parse_content_disposition_filename,
@@ -275,15 +276,17 @@ async def _download(
 
 def _filename(out: str | None, probed: ProbeResult, plan: DownloadPlan, url: str) -> str:
     """``-o``, else Content-Disposition, else the site's name, else the URL (sanitised)."""
+    # Short enough that the sidecars' names (NAME.aria2__temp) fit in a directory entry too.
+    limit = MAX_PARTIAL_NAME_BYTES
     if out:
-        return sanitize_filename(out)
+        return sanitize_filename(out, max_bytes=limit)
     if probed.content_disposition:
         named = parse_content_disposition_filename(probed.content_disposition)
         if named:
-            return sanitize_filename(named)
+            return sanitize_filename(named, max_bytes=limit)
     if plan.filename:
-        return sanitize_filename(plan.filename)
-    return choose_filename(None, url)
+        return sanitize_filename(plan.filename, max_bytes=limit)
+    return choose_filename(None, url, max_bytes=limit)
 
 
 def download_sync(

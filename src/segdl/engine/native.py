@@ -237,6 +237,10 @@ def prepare_target(path: Path, probe: ProbeResult, options: Options) -> TargetSt
         fd = files.open_data_file(path, size, truncate=False)
         os.close(fd)
         return TargetState(pieces, complete=pieces.complete, resumed_bytes=pieces.downloaded)
+    if exists and files.read_validators(path) is not None:
+        # Validators without a control file: our own partial that cannot be resumed (a
+        # stream without ranges, or a crash before its first control file): start over.
+        return _fresh(path, probe, options, current)
     if exists:
         have = path.stat().st_size
         if size is not None and have == size and (options.checksum or options.continue_partial):
@@ -307,7 +311,9 @@ def _fresh(
     if size is None or not probe.accepts_ranges:
         # aria2 writes no control file when the server cannot resume.  Not preallocated
         # either: a full-size file without a control file reads as a finished download, so
-        # an interrupted stream must leave a shorter one.
+        # an interrupted stream must leave a shorter one, marked as ours by its validators
+        # file so that the next run restarts it instead of refusing to touch it.
+        files.write_validators(path, current)
         fd = files.open_data_file(path, None, truncate=True)
         os.close(fd)
         return TargetState(None, complete=False, resumed_bytes=0)
@@ -701,7 +707,11 @@ class _FileDownload:
             raise BadResponse(
                 f"{host} sent bytes {rng.first}-{rng.last} for a request of {first}-{last}", url=url
             )
-        if head.content_length is not None and head.content_length != last - first + 1:
+        if head.content_length is None:
+            # A body that ends when the server closes cannot show where the range's bytes
+            # are in it: refuse it rather than trust the first bytes that come.
+            raise BadResponse(f"{host} sent 206 without Content-Length", url=url)
+        if head.content_length != last - first + 1:
             raise BadResponse(
                 f"{host} sent Content-Length {head.content_length} for {last - first + 1} bytes",
                 url=url,

@@ -304,7 +304,7 @@ class Connection:
                 raise BadResponse(f"unexpected HTTP event from {ep.host_header}", url=ep.url)
         except h11.RemoteProtocolError as exc:
             raise BadResponse(
-                f"malformed HTTP response from {ep.host_header}: {exc}", url=ep.url
+                f"malformed HTTP response from {ep.host_header}: {_brief(exc)}", url=ep.url
             ) from exc
         except (OSError, ssl.SSLError) as exc:
             if reused and not received and isinstance(exc, (BrokenPipeError, ConnectionResetError)):
@@ -531,7 +531,9 @@ class Connection:
                 else:
                     raise BadResponse("unexpected HTTP event in body", url=self.endpoint.url)
         except h11.RemoteProtocolError as exc:
-            raise BadResponse(f"malformed chunked body: {exc}", url=self.endpoint.url) from exc
+            raise BadResponse(
+                f"malformed chunked body: {_brief(exc)}", url=self.endpoint.url
+            ) from exc
         except (OSError, ssl.SSLError) as exc:
             if isinstance(exc, DownloadError):
                 raise
@@ -566,6 +568,12 @@ class Connection:
 
 class _StaleConnection(Exception):
     """A kept-alive connection the server had already closed: retry on a fresh one."""
+
+
+def _brief(exc: BaseException, limit: int = 120) -> str:
+    """h11's messages quote the bytes it could not parse: one short printable line."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _set_recv_timeout(sock: socket.socket, seconds: float) -> None:

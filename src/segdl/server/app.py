@@ -91,6 +91,7 @@ class ServeSettings:
     max_concurrent: int = 3
     max_message_size: int = 8 * 1024 * 1024
     outbox_limit: int = 256
+    send_timeout: float = 20.0  # seconds one message may wait for a client to read it
     allowed_origins: tuple[str, ...] = ()
     options: Options | None = None
     engine: str = "native"
@@ -255,7 +256,13 @@ class _Server:
         try:
             while (message := await client.outbox.get()) is not None:
                 data = self._scheme.seal(encode(message, client.codec))
-                await client.ws.send_message(data)
+                with trio.move_on_after(self._settings.send_timeout) as sending:
+                    await client.ws.send_message(data)
+                if sending.cancelled_caught:
+                    # Backpressure keeps its requests waiting, but a client that reads
+                    # nothing at all would hold its connection forever.
+                    log.warning("client %d reads nothing: dropping it", client.id)
+                    break
         except ConnectionClosed:
             pass
         finally:
@@ -269,6 +276,9 @@ class _Server:
 
     async def _read_loop(self, client: _Client) -> None:
         while True:
+            # Backpressure: a client that sends faster than it reads the answers waits
+            # here (its requests stay in the socket) instead of overflowing its outbox.
+            await client.outbox.wait_for_room()
             try:
                 data = await client.ws.get_message()
             except ConnectionClosed:
@@ -298,7 +308,10 @@ class _Server:
             client.outbox.put(messages.error("Malformed request"))
             return
         raw_id = request.get("id")
-        valid_id = isinstance(raw_id, int) and not isinstance(raw_id, bool) and raw_id >= 0
+        if isinstance(raw_id, int) and not isinstance(raw_id, bool) and not _is_id(raw_id):
+            client.outbox.put(messages.error("Invalid request"))
+            return
+        valid_id = _is_id(raw_id) and raw_id >= 0
         id = raw_id if valid_id else secrets.randbelow(2**31 - 1) + 1
         assert isinstance(id, int)
         put = client.outbox.put
@@ -464,8 +477,13 @@ def parse_rate(value: object) -> int | None:
     return rate
 
 
+# Ids are echoed back, in BSON (8-byte integers) or in JSON read by JavaScript (exact up to
+# 2**53): a larger one could not be answered.
+MAX_ID = 2**53 - 1
+
+
 def _is_id(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_ID <= value <= MAX_ID
 
 
 def _token(value: object) -> str | None:

@@ -29,6 +29,7 @@ class Outbox:
         self._items: OrderedDict[Hashable, Message] = OrderedDict()
         self._serial = itertools.count()
         self._changed = trio.Event()
+        self._taken = trio.Event()
         self._overflow = trio.Event()
         self.closed = False
         self.overflowed = False
@@ -75,4 +76,12 @@ class Outbox:
             self._changed = trio.Event()
             await self._changed.wait()
         _, message = self._items.popitem(last=False)
+        self._taken.set()
         return message
+
+    async def wait_for_room(self) -> None:
+        """Wait until at most half the limit is queued (or the outbox is closed): where a
+        connection stops reading requests until its client has read the answers."""
+        while len(self._items) > self._limit // 2 and not self.closed:
+            self._taken = trio.Event()
+            await self._taken.wait()

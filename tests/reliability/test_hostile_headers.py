@@ -208,7 +208,12 @@ async def test_any_content_disposition_lands_inside_the_target(
         assert one_line(str(error)), str(error)
         assert not str(error).startswith("internal error"), str(error)
         assert isinstance(error, segdl.BadResponse | segdl.NetworkError), error
-        assert created == set()
+        # A parser refusal comes before any file; a timeout on a loaded machine may come
+        # after the partial was made: then it is inside the target, with its sidecar.
+        assert all(p.parent == target.resolve() for p in created), created
+        if created:
+            counter.hit("content-disposition/interrupted")
+            assert any(p.name.endswith((".aria2", ".segdl")) for p in created), created
         return
     counter.hit("content-disposition/downloaded")
     path = Path(result.path)

@@ -11,6 +11,7 @@ for the issue's "within 5 % over 10 s".
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -52,27 +53,43 @@ def options(connections: int = 16, max_download_limit: int | None = None) -> seg
     )
 
 
+async def rate_after_warm_up(
+    server: RangeServer,
+    directory: Path,
+    seconds: float,
+    *,
+    options: segdl.Options,
+    limits: Sequence[RateLimit] = (),
+) -> float:
+    """Download a large file from *server*; its rate over *seconds* once warmed up."""
+    received = Received()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(
+                segdl.download,
+                server.url("/big.bin"),
+                directory,
+                options=options,
+                limits=limits,
+                on_event=received,
+            )
+        )
+        await trio.sleep(WARM_UP)
+        rate = await measure_rate(received, seconds)
+        nursery.cancel_scope.cancel()
+    assert server.bytes_sent >= received.count
+    return rate
+
+
 async def test_the_limit_holds_within_5_percent_over_10_s(
     range_server: RangeServer, tmp_path: Path
 ) -> None:
     limit = 3 * MIB
     range_server.add("/big.bin", Resource(os.urandom(48 * MIB)))
-    received = Received()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: segdl.download(
-                range_server.url("/big.bin"),
-                tmp_path,
-                options=options(16),
-                limits=[RateLimit(limit)],
-                on_event=received,
-            )
-        )
-        await trio.sleep(WARM_UP)
-        rate = await measure_rate(received, 10.0)
-        nursery.cancel_scope.cancel()
+    rate = await rate_after_warm_up(
+        range_server, tmp_path, 10.0, options=options(16), limits=[RateLimit(limit)]
+    )
     assert rate == pytest.approx(limit, rel=0.05)
-    assert range_server.bytes_sent >= received.count
 
 
 async def test_one_connection_gets_the_whole_limit(
@@ -81,20 +98,9 @@ async def test_one_connection_gets_the_whole_limit(
     """A token bucket, not a share per connection: alone, a connection uses all of it."""
     limit = 2 * MIB
     range_server.add("/big.bin", Resource(os.urandom(24 * MIB)))
-    received = Received()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: segdl.download(
-                range_server.url("/big.bin"),
-                tmp_path,
-                options=options(1),
-                limits=[RateLimit(limit)],
-                on_event=received,
-            )
-        )
-        await trio.sleep(WARM_UP)
-        rate = await measure_rate(received, 4.0)
-        nursery.cancel_scope.cancel()
+    rate = await rate_after_warm_up(
+        range_server, tmp_path, 4.0, options=options(1), limits=[RateLimit(limit)]
+    )
     assert rate == pytest.approx(limit, rel=0.1)
 
 
@@ -103,19 +109,9 @@ async def test_the_per_download_option_limits_too(
 ) -> None:
     limit = 2 * MIB
     range_server.add("/big.bin", Resource(os.urandom(24 * MIB)))
-    received = Received()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            lambda: segdl.download(
-                range_server.url("/big.bin"),
-                tmp_path,
-                options=options(max_download_limit=limit),
-                on_event=received,
-            )
-        )
-        await trio.sleep(WARM_UP)
-        rate = await measure_rate(received, 4.0)
-        nursery.cancel_scope.cancel()
+    rate = await rate_after_warm_up(
+        range_server, tmp_path, 4.0, options=options(max_download_limit=limit)
+    )
     assert rate == pytest.approx(limit, rel=0.1)
 
 

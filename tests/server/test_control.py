@@ -24,6 +24,7 @@ from segdl.core.controlfile import ControlFile
 from segdl.core.events import Event, Started, Success
 from segdl.engine.native import pieces_from_control
 from segdl.engine.options import Options
+from segdl.engine.throttle import RateLimit
 from segdl.server import ServeSettings
 from segdl.server.app import MAX_RATE, parse_rate
 from segdl.server.cli import add_serve_arguments, run_serve
@@ -366,7 +367,7 @@ def test_parse_rate() -> None:
             parse_rate(bad)
 
 
-async def test_a_download_function_without_limits_still_works(tmp_path: Path) -> None:
+async def test_a_replacement_download_function_is_called(tmp_path: Path) -> None:
     calls: list[dict[str, Any]] = []
 
     async def fake(
@@ -378,6 +379,7 @@ async def test_a_download_function_without_limits_still_works(tmp_path: Path) ->
         on_event: Callable[[Event], None] | None = None,
         civitai_token: str | None = None,
         hf_token: str | None = None,
+        limits: Sequence[RateLimit] = (),
     ) -> Success:
         calls.append({"url": url})
         path = Path(directory) / "fake.bin"

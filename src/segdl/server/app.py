@@ -58,7 +58,6 @@ from ..sources.resolve import check_source_url
 from . import messages
 from .downloads import (
     ENDED,
-    BasicDownloadFunction,
     DownloadFunction,
     DownloadQueue,
     Job,
@@ -95,7 +94,7 @@ class ServeSettings:
     allowed_origins: tuple[str, ...] = ()
     options: Options | None = None
     engine: str = "native"
-    download: DownloadFunction | BasicDownloadFunction | None = field(default=None, compare=False)
+    download: DownloadFunction | None = field(default=None, compare=False)
     # Bytes a second for all downloads together; None (or 0) for no limit.
     max_overall_download_limit: int | None = None
     # Keep unfinished downloads in MODELS/.segdl-queue.json and take them up at start.

@@ -28,13 +28,12 @@ after every change, so a restarted server takes them up again.
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -47,7 +46,6 @@ from .outbox import Message, Outbox
 from .queuefile import SavedJob, SavedQueue, SavedState, strip_secrets, write_queue_file
 
 __all__ = [
-    "BasicDownloadFunction",
     "DownloadFunction",
     "DownloadQueue",
     "Job",
@@ -81,22 +79,6 @@ class DownloadFunction(Protocol):
         civitai_token: str | None = ...,
         hf_token: str | None = ...,
         limits: Sequence[RateLimit] = ...,
-    ) -> Awaitable[Success]: ...
-
-
-class BasicDownloadFunction(Protocol):
-    """A download function that takes no ``limits`` (older test fakes): it runs unlimited."""
-
-    def __call__(
-        self,
-        url: str,
-        directory: str | os.PathLike[str],
-        *,
-        options: Options | None = ...,
-        engine: str = ...,
-        on_event: Callable[[Event], None] | None = ...,
-        civitai_token: str | None = ...,
-        hf_token: str | None = ...,
     ) -> Awaitable[Success]: ...
 
 
@@ -199,14 +181,6 @@ def _download_key(url: str) -> str:
     return strip_secrets(url) or url
 
 
-def _accepts_limits(function: object) -> bool:
-    try:
-        parameters = inspect.signature(cast(Callable[..., Any], function)).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.name == "limits" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
 class DownloadQueue:
     """Downloads into ``models_dir/<folder>``, at most ``max_concurrent`` at once.
 
@@ -222,7 +196,7 @@ class DownloadQueue:
         max_concurrent: int = 3,
         options: Options | None = None,
         engine: str = "native",
-        download: DownloadFunction | BasicDownloadFunction | None = None,
+        download: DownloadFunction | None = None,
         overall_limit: RateLimit | None = None,
         queue_file: Path | None = None,
     ) -> None:
@@ -238,7 +212,6 @@ class DownloadQueue:
         self._options = options
         self._engine = engine
         self._download = download
-        self._limited = _accepts_limits(download)
         #: Shared by every download: the server's overall bandwidth limit.
         self.overall_limit = overall_limit if overall_limit is not None else RateLimit()
         self._next_id = 1
@@ -515,17 +488,6 @@ class DownloadQueue:
         def on_event(event: Event) -> None:
             self._on_event(job, event)
 
-        if self._limited:
-            return cast(DownloadFunction, self._download)(
-                job.url,
-                job.directory,
-                options=self._options,
-                engine=self._engine,
-                on_event=on_event,
-                civitai_token=job.civitai_token,
-                hf_token=job.hf_token,
-                limits=(self.overall_limit, job.limit),
-            )
         return self._download(
             job.url,
             job.directory,
@@ -534,6 +496,7 @@ class DownloadQueue:
             on_event=on_event,
             civitai_token=job.civitai_token,
             hf_token=job.hf_token,
+            limits=(self.overall_limit, job.limit),
         )
 
     def _stopped(self, job: Job, run: _Run) -> None:

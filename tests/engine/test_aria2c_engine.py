@@ -26,6 +26,7 @@ from segdl.core.events import Event, Progress, Started
 from segdl.engine.aria2c import aria2c_available, download_with_aria2c, error_from_status
 from segdl.engine.native import download_to_path, pieces_from_control
 from segdl.io.probe import ProbeResult, probe
+from segdl.testing.processes import child_processes
 from segdl.testing.rangeserver import Fault, RangeServer, Resource
 from segdl.testing.tls import CertPair, client_context, server_context
 
@@ -58,24 +59,6 @@ def _need_aria2c() -> None:
 async def probe_url(url: str, headers: dict[str, str] | None = None) -> ProbeResult:
     async with httpx.AsyncClient(trust_env=False) as client:
         return await probe(client, url, headers=headers)
-
-
-def aria2c_children() -> list[int]:
-    """aria2c processes whose parent is this test process, zombies included (/proc)."""
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == me and comm == "aria2c":
-            found.append(int(entry))
-    return found
 
 
 def cmdline(pid: int) -> list[str]:
@@ -174,7 +157,7 @@ async def test_download_is_byte_identical_with_events(
     # Several connections really were used, each asking for a range of the file.
     ranged = [r for r in range_server.requests if r.range not in (None, "bytes=0-0")]
     assert len({r.connection_id for r in ranged}) > 1
-    assert aria2c_children() == []
+    assert child_processes("aria2c") == []
 
 
 async def test_progress_arrives_while_downloading(
@@ -257,7 +240,7 @@ async def test_cancel_stops_aria2c_keeps_partial_and_native_finishes_it(
     with trio.CancelScope() as scope:
 
         def emit(event: Event) -> None:
-            pids.extend(p for p in aria2c_children() if p not in pids)
+            pids.extend(p for p in child_processes("aria2c") if p not in pids)
             cancel_after(scope, 3 * MIB, events)(event)
 
         await download_with_aria2c(probed, target, FAST, emit)
@@ -265,7 +248,7 @@ async def test_cancel_stops_aria2c_keeps_partial_and_native_finishes_it(
 
     # aria2c is gone the moment the call returns: no process, no zombie.
     assert pids, "aria2c was never seen running"
-    assert aria2c_children() == []
+    assert child_processes("aria2c") == []
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}")
     # The partial and aria2's control file stay, and the control file claims real bytes.
@@ -302,7 +285,7 @@ async def test_cancel_at_any_moment_leaves_no_process(
     with trio.move_on_after(delay) as scope:
         await download_with_aria2c(probed, tmp_path / "m.bin", FAST, lambda event: None)
     assert scope.cancelled_caught
-    assert aria2c_children() == []
+    assert child_processes("aria2c") == []
     assert set(workdirs("segdl-aria2c-*")) <= before  # the private directory is removed
     # Whatever was kept resumes to the exact file.
     slow_server.rate_limit = None
@@ -338,7 +321,7 @@ async def test_native_partial_finished_by_aria2c(
     # aria2c fetched what was missing, not the whole file again.
     assert unranged(slow_server, served) <= 1
     assert refetched(slow_server, done, served) == []
-    assert aria2c_children() == []
+    assert child_processes("aria2c") == []
 
 
 async def test_aria2c_partial_resumed_by_aria2c_through_public_download(
@@ -393,7 +376,7 @@ async def test_404_is_not_found(range_server: RangeServer, tmp_path: pathlib.Pat
     assert caught.value.exit_code == 3
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith("aria2c: ")
-    assert aria2c_children() == []
+    assert child_processes("aria2c") == []
 
 
 async def test_403_is_auth_error(range_server: RangeServer, tmp_path: pathlib.Path) -> None:
@@ -498,7 +481,7 @@ async def test_token_reaches_server_but_not_argv(
 
     def emit(event: Event) -> None:
         if isinstance(event, Progress):
-            for pid in aria2c_children():
+            for pid in child_processes("aria2c"):
                 argvs.append(cmdline(pid))
 
     await download_with_aria2c(probed, tmp_path / "m.bin", FAST, emit)
@@ -535,7 +518,7 @@ async def test_a_squatted_rpc_port_never_sees_the_secret(
         assert sha(tmp_path / "m.bin") == SHA
         with pytest.raises(BlockingIOError):
             squatter.accept()  # nobody connected to it
-    assert aria2c_children() == []
+    assert child_processes("aria2c") == []
 
 
 # ---- TLS
@@ -565,7 +548,7 @@ async def test_aria2c_killed_midway_is_a_clear_error(
 
     def emit(event: Event) -> None:
         if isinstance(event, Progress) and event.downloaded >= MIB and not killed:
-            for pid in aria2c_children():
+            for pid in child_processes("aria2c"):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
@@ -575,7 +558,7 @@ async def test_aria2c_killed_midway_is_a_clear_error(
     assert killed
     assert "aria2c" in str(caught.value)
     assert "\n" not in str(caught.value)
-    assert aria2c_children() == []  # reaped, not a zombie
+    assert child_processes("aria2c") == []  # reaped, not a zombie
     assert (tmp_path / "m.bin.aria2").exists()  # the last periodic save is still there
 
 

@@ -40,7 +40,6 @@ from support import (
     FIGURES,
     MIB,
     check_claims,
-    children_of,
     claimed_ranges,
     data_bytes_served,
     expect_exact,
@@ -54,6 +53,7 @@ import segdl
 from segdl.core.controlfile import ControlFile, ControlFileError
 from segdl.core.events import Event, Progress
 from segdl.io import files
+from segdl.testing.processes import child_processes
 from segdl.testing.rangeserver import Fault, FaultSchedule, RangeServer, Resource
 
 SEGDL = [sys.executable, "-m", "segdl"]
@@ -135,7 +135,7 @@ def kill_and_resume(plan: CrashPlan, tmp_path: Path, seed: int) -> None:
                 time.sleep(rng.uniform(*plan.delay))
                 if proc.poll() is not None:
                     break
-                helpers = children_of(proc.pid)  # aria2c, for that engine
+                helpers = child_processes(parent=proc.pid)  # aria2c, for that engine
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1

@@ -38,6 +38,7 @@ import segdl
 import segdl.engine.aria2c as aria2c_engine
 from segdl.engine.aria2c import aria2c_available
 from segdl.server import ServeSettings
+from segdl.testing.processes import child_processes
 from segdl.testing.rangeserver import RangeServer, RequestRecord, Resource
 
 MIB = 1024 * 1024
@@ -312,24 +313,6 @@ async def test_tokens_from_the_environment_go_to_no_other_site(
 # ---- aria2c
 
 
-def aria2c_children() -> list[int]:
-    """aria2c processes this test process started (/proc)."""
-    me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = pathlib.Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        name = status[status.index("(") + 1 : status.rindex(")")]
-        parent = int(status[status.rindex(")") + 2 :].split()[1])
-        if parent == me and name == "aria2c":
-            found.append(int(entry))
-    return found
-
-
 @pytest.fixture
 def need_aria2c() -> None:
     if aria2c_available():
@@ -360,7 +343,7 @@ async def test_aria2c_never_sees_a_token_in_argv_config_or_log(
 
     def on_event(event: segdl.Event) -> None:
         if isinstance(event, segdl.Progress):
-            for pid in aria2c_children():
+            for pid in child_processes("aria2c"):
                 raw = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
                 argvs.append([part.decode() for part in raw.split(b"\0") if part])
             for conf, _mode, _dir_mode in configs:
@@ -391,7 +374,7 @@ async def test_aria2c_never_sees_a_token_in_argv_config_or_log(
     assert "model.safetensors.aria2" in sidecars_seen
     assert_own_site_only_hub(hub)
     assert logged_leaks(all_logs) == []
-    assert aria2c_children() == []
+    assert child_processes("aria2c") == []
 
 
 # ---- the server

@@ -500,6 +500,14 @@ async def test_documents_of_every_wrong_shape_are_answered(
         counter.hit(f"ws-documents/{reply['type']}")
 
 
+def strict_json(document: object) -> bool:
+    try:
+        json.dumps(document, allow_nan=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _beyond_bson(value: object) -> bool:
     return isinstance(value, int) and not -(2**63) <= value < 2**63
 
@@ -532,9 +540,18 @@ async def test_downloads_with_hostile_folders_and_names_stay_inside(
     with a clear error, whatever folder ``type`` and ``Content-Disposition`` name it has."""
     counter.hit("ws-downloads")
     document = {"type": "download", "data": {"type": folder, "url": file_host.url(url)}}
+    id = secrets.randbelow(2**31 - 2) + 1
+    if codec == "json" and not strict_json({**document, "id": id}):
+        # NaN or Infinity is not JSON (RFC 8259 §6): the whole message is refused.
+        with trio.fail_after(TIMEOUT):
+            async with open_client(server.port) as client:
+                await client.send_bytes(client.seal(encoded({**document, "id": id}, codec)))
+                refusal = await client.expect("error")
+        assert refusal["data"]["message"] == "Malformed request", refusal
+        counter.hit("ws-downloads/error")
+        return
     with trio.fail_after(TIMEOUT):
         async with open_client(server.port) as client:
-            id = secrets.randbelow(2**31 - 2) + 1
             await client.send_bytes(client.seal(encoded({**document, "id": id}, codec)))
             replies = await client.download_replies(id)
     for reply in replies:

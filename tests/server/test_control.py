@@ -367,6 +367,25 @@ def test_parse_rate() -> None:
             parse_rate(bad)
 
 
+async def test_an_existing_file_it_cannot_verify_is_explained_without_cli_advice(
+    tmp_path: Path, range_server: RangeServer
+) -> None:
+    """A second request for a finished direct download: the file is there but nothing proves
+    it is the same one; the UI user gets one plain sentence, no flags and no server paths."""
+    range_server.add("/twice.bin", Resource(body=os.urandom(64 * KIB)))
+    url = range_server.url("/twice.bin")
+    with trio.fail_after(30):
+        async with open_server(tmp_path, ServeSettings()) as info, open_client(info.port) as client:
+            first = await request(client, "download", {"type": "LoRA", "url": url})
+            assert (await final_reply(client, first))["status"] == "success"
+            again = await request(client, "download", {"type": "LoRA", "url": url})
+            reply = await final_reply(client, again)
+    assert reply["status"] == "error"
+    assert "already in the LoRA folder" in reply["message"]
+    assert "-c" not in reply["message"]
+    assert str(tmp_path) not in reply["message"]
+
+
 async def test_a_replacement_download_function_is_called(tmp_path: Path) -> None:
     calls: list[dict[str, Any]] = []
 

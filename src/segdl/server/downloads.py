@@ -40,7 +40,7 @@ import trio
 from ..core.events import Event, Metadata, Progress, Started, Success
 from ..engine.options import Options
 from ..engine.throttle import RateLimit
-from ..errors import DownloadError, redact_url
+from ..errors import DownloadError, FileExists, redact_url
 from . import messages
 from .outbox import Message, Outbox
 from .queuefile import SavedJob, SavedQueue, SavedState, strip_secrets, write_queue_file
@@ -468,7 +468,7 @@ class DownloadQueue:
         except DownloadError as exc:
             if run.stop is None:
                 ended = True
-                self._fail(job, str(exc), exc.exit_code)
+                self._fail(job, _client_message(exc, job), exc.exit_code)
         except Exception as exc:
             if run.stop is None:
                 ended = True
@@ -585,3 +585,13 @@ class DownloadQueue:
         finished = [job.id for job in self._jobs.values() if job.state in ENDED]
         for job_id in finished[: max(0, len(finished) - HISTORY)]:
             del self._jobs[job_id]
+
+
+def _client_message(exc: DownloadError, job: Job) -> str:
+    """The error as a UI user reads it: no command-line advice, no server paths."""
+    if isinstance(exc, FileExists):
+        return (
+            f"a file of that name is already in the {job.folder} folder and segdl cannot "
+            "tell it is this one; delete or rename it to download again"
+        )
+    return str(exc)

@@ -15,7 +15,6 @@ import hashlib
 import os
 import re
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,10 +228,7 @@ async def test_any_content_disposition_lands_inside_the_target(
     assert len(name.encode("utf-8")) <= 255
     assert name.split(".")[0].rstrip(" ").upper() not in ("CON", "PRN", "AUX", "NUL", "COM1")
     if ENDS_HEAD.search(value + b"\r\n"):  # the value, as the line ends it
-        # The value's empty line ended the head early, so the rest of the head became part
-        # of a body without length: the known bug of test_a_206_body_longer_than_its_range.
         counter.hit("content-disposition/head-ended-early")
-        return
     assert resolved.read_bytes() == SMALL
 
 
@@ -479,13 +475,8 @@ def check_outcome(
     target: Path,
     download: Callable[[], segdl.Success],
     error: segdl.DownloadError | None,
-    *,
-    known_bugs: Counter[str] | None = None,
 ) -> str:
-    """The contract: the exact file, or a clear error and no finished-looking file.
-
-    *known_bugs* counts signatures of bugs under watch (none at present).
-    """
+    """The contract: the exact file, or a clear error and no finished-looking file."""
     if error is None:
         result = download()
         assert Path(result.path).read_bytes() == BODY
@@ -531,11 +522,8 @@ async def test_hostile_response_heads_never_make_a_wrong_file(
         assert result is not None
         return result
 
-    known: Counter[str] = Counter()
-    outcome = check_outcome(target, done, error, known_bugs=known)
+    outcome = check_outcome(target, done, error)
     counter.hit(f"response-heads/{outcome}")
-    for bug in known:
-        counter.hit(f"response-heads/known bug: {bug}")
 
 
 def test_response_heads_example_count() -> None:

@@ -68,7 +68,10 @@ def run_demo(args: argparse.Namespace) -> int:
             url, directory, options=Options(compute_sha256=True), on_event=on_event
         )
         elapsed = time.monotonic() - started
-        connections = len({r.connection_id for r in server.requests})
+        # Data connections only: the 1-byte probe has a connection of its own.
+        connections = len(
+            {r.connection_id for r in server.requests if r.range not in (None, "bytes=0-0")}
+        )
     ok = result.sha256 == expected
     print(
         f"Downloaded {result.path}: {format_bytes(result.size)} in {elapsed:.1f} s "

@@ -17,7 +17,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# The test tools (pytest, hypothesis, mypy, ruff, playwright's driver) and matplotlib, which
+# mypy needs to check benchmarks/ (the `bench` extra).
+python3 -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 
 python3 -m ruff check src tests benchmarks
 python3 -m mypy

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import segdl
-from segdl.io.probe import MAX_URL_LENGTH
+from segdl.core.urls import MAX_URL_LENGTH
 
 PASSWORD = "pw-H7q2zX"
 TOKEN = "tok-Zp93Kd"

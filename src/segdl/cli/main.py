@@ -11,19 +11,29 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import NoReturn, TextIO
 
+import httpx
 import trio
 
 from ..batch import BatchJob, BatchResult, check_targets, download_batch, load_input_file
 from ..core.events import Error, Event, Success
-from ..core.folders import model_folder
+from ..core.folders import AUTO, model_folder
 from ..core.headers import Checksum, parse_checksum, parse_size
 from ..core.inputfile import InputFileError
 from ..engine.options import Options, RetryPolicy
 from ..engine.throttle import RateLimit
 from ..errors import DownloadError
+from ..io.tls import client_context
 from ..server.cli import add_serve_arguments, run_serve
+from ..sources.base import SourceConfig
+from ..sources.modelfiles import (
+    ModelFileOptions,
+    auto_folder,
+    describe_url,
+    write_model_metadata,
+)
 from .batchprogress import BatchReporter, BatchView, LiveDisplay
 from .progressbar import ProgressBar, format_bytes
 
@@ -119,7 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--type",
         metavar="TYPE",
         help="model type: save into DIR/FOLDER (SD, LoRA, TI, SR, CN, HN, VAE, Detailer, "
-        "or an alias such as checkpoint, lora, embedding, upscaler, controlnet)",
+        "or an alias such as checkpoint, lora, embedding, upscaler, controlnet); auto: the "
+        "folder the CivitAI model's type names",
+    )
+    get.add_argument(
+        "--no-metadata",
+        action="store_true",
+        help="do not write NAME.civitai.info, NAME.json and NAME.preview.* beside the model",
+    )
+    get.add_argument(
+        "--nsfw-preview",
+        action="store_true",
+        help="the preview may be the model's first image even if it is not safe for work",
     )
     get.add_argument("--connect-timeout", type=float, default=30.0, metavar="SEC")
     get.add_argument(
@@ -198,8 +219,14 @@ async def _run_batch(
     args: argparse.Namespace,
     limits: tuple[RateLimit, ...],
     on_event: Callable[[int, Event], None],
+    model_files: ModelFileOptions | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> BatchResult:
-    return await download_batch(
+    model_files = model_files or ModelFileOptions(metadata=False)
+    config = SourceConfig.from_env(civitai_token=args.civitai_token, hf_token=args.hf_token)
+    if model_files.auto_folder:
+        jobs = await _place_by_type(jobs, options, config)
+    result = await download_batch(
         jobs,
         max_concurrent=args.max_concurrent_downloads,
         options=options,
@@ -209,6 +236,60 @@ async def _run_batch(
         civitai_token=args.civitai_token,
         hf_token=args.hf_token,
     )
+    if model_files.metadata and result.succeeded:
+        await _write_metadata(result, options, config, model_files, warn)
+    return result
+
+
+def _site_client(options: Options) -> httpx.AsyncClient:
+    # Like the library's control-plane client: the sites' APIs and the preview images.
+    timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
+    return httpx.AsyncClient(
+        verify=client_context(options.ca_certificate), timeout=timeout, trust_env=False
+    )
+
+
+async def _place_by_type(
+    jobs: list[BatchJob], options: Options, config: SourceConfig
+) -> list[BatchJob]:
+    """``--type auto``: each job goes to DIR/FOLDER, the folder its CivitAI type names.
+
+    Only the metadata API is asked (and cached, so the download's own resolve does not ask
+    again).  A job whose type has no folder stops the command before anything downloads.
+    """
+    placed: list[BatchJob] = []
+    async with _site_client(options) as client:
+        for job in jobs:
+            folder = await auto_folder(job.urls[0], client=client, config=config)
+            placed.append(replace(job, directory=os.path.join(job.directory, folder)))
+    return placed
+
+
+async def _write_metadata(
+    result: BatchResult,
+    options: Options,
+    config: SourceConfig,
+    model_files: ModelFileOptions,
+    warn: Callable[[str], None] | None,
+) -> None:
+    """The metadata files beside each downloaded model; a failure is a warning, not an error
+    (the model itself is complete)."""
+    async with _site_client(options) as client:
+        for outcome in result.succeeded:
+            assert outcome.result is not None
+            path = Path(outcome.result.path)
+            try:
+                record = await describe_url(outcome.job.urls[0], client=client, config=config)
+                await write_model_metadata(
+                    path,
+                    record,
+                    client=client,
+                    include_nsfw_preview=model_files.nsfw_preview,
+                    on_warning=warn,
+                )
+            except DownloadError as exc:
+                if warn is not None:
+                    warn(f"no metadata for {path.name}: {exc}")
 
 
 def _rate(text: str, flag: str) -> int | None:
@@ -285,23 +366,32 @@ def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     overall = _rate(args.max_overall_download_limit, "--max-overall-download-limit")
     if args.max_concurrent_downloads < 1:
         raise _UsageError("-j must be at least 1")
-    if args.type:
+    auto = bool(args.type) and args.type.strip().lower() == AUTO
+    model_files = ModelFileOptions(
+        metadata=not args.no_metadata, nsfw_preview=args.nsfw_preview, auto_folder=auto
+    )
+    if args.type and not auto:
         try:
             args.dir = os.path.join(args.dir, model_folder(args.type))
         except ValueError as exc:
             raise _UsageError(str(exc)) from exc
     jobs = _collect_jobs(args)
+
+    def warn(message: str) -> None:
+        if not args.quiet:
+            print(f"segdl: warning: {message}", file=stderr, flush=True)
+
     # One RateLimit shared by every connection of every download: an overall limit.
     limits = (RateLimit(overall),) if overall else ()
     tty = stderr.isatty() and not args.json and not args.quiet
     if args.input_file is None and len(jobs) == 1:
-        return _get_one(args, jobs, options, limits, stdout, stderr, tty)
+        return _get_one(args, jobs, options, limits, stdout, stderr, tty, model_files, warn)
     display = LiveDisplay(stderr, BatchView.for_jobs(jobs)) if tty else None
     report = BatchReporter(
         json_lines=args.json, quiet=args.quiet, stdout=stdout, stderr=stderr, display=display
     )
     try:
-        result = trio.run(_run_batch, jobs, options, args, limits, report)
+        result = trio.run(_run_batch, jobs, options, args, limits, report, model_files, warn)
     finally:
         report.close()
     report.finish(result)
@@ -316,6 +406,8 @@ def _get_one(
     stdout: TextIO,
     stderr: TextIO,
     tty: bool,
+    model_files: ModelFileOptions,
+    warn: Callable[[str], None],
 ) -> int:
     """``segdl get URL``: a one-line bar, a completion line, one error line."""
     report = _Reporter(
@@ -329,7 +421,7 @@ def _get_one(
     def on_event(index: int, event: Event) -> None:
         report(index + 1, event)
 
-    result = trio.run(_run_batch, jobs, options, args, limits, on_event)
+    result = trio.run(_run_batch, jobs, options, args, limits, on_event, model_files, warn)
     for outcome in result.failed:
         print(f"segdl: error: {outcome.error}", file=stderr, flush=True)
     return result.exit_code

@@ -16,6 +16,7 @@ from typing import Protocol
 import httpx
 
 from ..core.events import Metadata
+from ..core.modelinfo import SiteRecord
 from ..io.dataplane import Transform
 
 __all__ = ["DownloadPlan", "Resolver", "SourceConfig"]
@@ -80,6 +81,8 @@ class DownloadPlan:
     ``transform``  rewrites each chunk in place before it is written (MEGA decryption)
     ``verify``     post-step on the finished file; raises ChecksumMismatch (MEGA's MAC)
     ``source``     "civitai", "huggingface", "gdrive", "mega" or "direct", for messages
+    ``record``     what the site said about the file, as it said it (CivitAI's API answers,
+                   the Hub's headers), without tokens or signed URLs: for metadata files
     """
 
     urls: tuple[str, ...]
@@ -92,6 +95,7 @@ class DownloadPlan:
     transform: Transform | None = None
     verify: Callable[[Path], Awaitable[None]] | None = None
     source: str = "direct"
+    record: SiteRecord | None = None
 
 
 class Resolver(Protocol):

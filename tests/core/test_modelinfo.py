@@ -51,7 +51,7 @@ def test_a_token_never_survives_scrubbing(value: object, secret: str, positions:
         if isinstance(v, list):
             return [plant(x) for x in v]
         if isinstance(v, dict):
-            return {plant(k): plant(x) for k, x in v.items()}  # type: ignore[misc]
+            return {plant(k): plant(x) for k, x in v.items()}
         return v
 
     planted = plant(value)

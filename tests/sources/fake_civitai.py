@@ -100,6 +100,9 @@ class FakeCivitAI:
         self.rate_limited = False
         #: Answer every client as a browser (as the 2023 code did by Content-Type, §1.3).
         self.treat_all_as_browser = False
+        #: Hostile: the API echoes the caller's token in the URLs it returns (the real one
+        #: does not), to prove no token reaches a file segdl writes.
+        self.echo_token = False
         self._models: dict[int, CivitModel] = {}
         self._versions: dict[int, tuple[CivitModel, CivitVersion]] = {}
         self._valid_signatures: set[str] = set()
@@ -233,7 +236,12 @@ class FakeCivitAI:
             found = self._versions.get(int(match.group(1)))
             if found is None or found[1].mode == "unpublished":
                 return json_answer(404, {"error": "Model not found"})
-            return json_answer(200, self._version_json(*found))
+            data = self._version_json(*found)
+            token = bearer(info.headers)
+            if self.echo_token and token:
+                data["downloadUrl"] = f"{data['downloadUrl']}?token={token}"
+                data["note"] = f"requested with {token}"
+            return json_answer(200, data)
         if match := re.fullmatch(r"/api/v1/models/([0-9]+)", path):
             model = self._models.get(int(match.group(1)))
             if model is None:

@@ -88,14 +88,6 @@ def civitai_folder(model_type: str | None, file_type: str | None = None) -> str:
     Raises:
         ValueError: the type has no folder; one line saying so and what to do instead.
     """
-    if file_type is not None and _normalise(file_type) in _CIVITAI_FILE_TYPES:
-        folder = _CIVITAI_FILE_TYPES[_normalise(file_type)]
-        if folder is None:
-            raise ValueError(
-                f"this CivitAI file is {file_type[:40]!r}, not a model: it has no models "
-                "folder; download it without --type"
-            )
-        return folder
     shown = (model_type or "unknown")[:40]
     folder = _CIVITAI_TYPES.get(_normalise(model_type or ""))
     if folder is None:
@@ -103,4 +95,12 @@ def civitai_folder(model_type: str | None, file_type: str | None = None) -> str:
             f"CivitAI model type {shown!r} has no models folder: choose one with --type "
             f"({', '.join(FOLDERS)}) or download it without --type"
         )
+    if file_type is not None and _normalise(file_type) in _CIVITAI_FILE_TYPES:
+        own = _CIVITAI_FILE_TYPES[_normalise(file_type)]
+        if own is None:
+            raise ValueError(
+                f"this CivitAI file is {file_type[:40]!r}, not a model: it has no models "
+                "folder; download it without --type"
+            )
+        return own
     return folder

@@ -232,6 +232,9 @@ class _Api:
             value = parse_json(body, url=url)
         if not isinstance(value, dict):
             raise BadResponse(f"CivitAI's API sent an unexpected answer for {what}", url=url)
+        # An answer that echoed the token (or a signed URL) is cleaned before it is kept.
+        token = self._auth.get("Authorization", "").removeprefix("Bearer ")
+        value = scrub_secrets(value, [token])
         await self._cache.put(key, value)
         return value
 

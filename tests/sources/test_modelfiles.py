@@ -16,8 +16,15 @@ from helpers import files_in, prepare_source_env
 
 import segdl
 from segdl.cli.main import main
+from segdl.io.modelindex import ModelIndex, place_model_copy
 from segdl.sources.base import SourceConfig
-from segdl.sources.modelfiles import auto_folder, describe_url, write_model_metadata
+from segdl.sources.modelfiles import (
+    auto_folder,
+    describe_url,
+    find_existing_model,
+    published_digest,
+    write_model_metadata,
+)
 from segdl.sources.resolve import resolve_url
 
 TOKEN = "civ-secret-0123456789"
@@ -294,6 +301,74 @@ async def test_auto_folder_from_the_civitai_type(
             )
     # Describing asks the metadata API only (and only once: the answers are cached).
     assert not [r for r in civitai.site.requests if r.path.startswith("/api/download/")]
+
+
+async def test_have_it_already_in_this_folder_or_elsewhere(
+    civitai: FakeCivitAI, hub: FakeHub, source_env: pathlib.Path
+) -> None:
+    models = source_env / "models"
+    (models / "LoRA").mkdir(parents=True)
+    (models / "SD").mkdir()
+    (models / "SD" / "renamed.safetensors").write_bytes(BODY)  # the LoRA, misfiled
+    (models / "SD" / "other.safetensors").write_bytes(os.urandom(len(BODY)))  # same size
+    index = ModelIndex(source_env.parent / "cache")
+    async with httpx.AsyncClient() as client:
+        plan = await resolve_url(
+            civitai.site.url("/api/download/models/2002"), client=client, config=config()
+        )
+        digest, size, tolerance = published_digest(plan)
+        assert digest == hashlib.sha256(BODY).hexdigest()
+        assert size is not None
+        assert abs(size - len(BODY)) <= tolerance
+
+        found = await find_existing_model(
+            plan, models_dir=models, target_dir=models / "LoRA", index=index
+        )
+        assert found is not None
+        assert (found.path, found.in_target_folder) == (
+            models / "SD" / "renamed.safetensors",
+            False,
+        )
+        assert found.message(models) == (
+            "the same file is already at SD/renamed.safetensors (same sha256); link or copy "
+            "it instead of downloading it again"
+        )
+        # Asked to: linked into the target folder; the next look finds it there.
+        target = models / "LoRA" / "dreamLora_v20.safetensors"
+        assert await place_model_copy(found.path, target) == "linked"
+        again = await find_existing_model(
+            plan, models_dir=models, target_dir=models / "LoRA", index=index
+        )
+        assert again is not None
+        assert (again.path, again.in_target_folder) == (target, True)
+        assert again.message(models).startswith("already there: LoRA/dreamLora_v20.safetensors")
+
+        # A Hub file with its sha256 is found the same way; nothing else was downloaded.
+        hf_plan = await resolve_url(
+            hub.hub.url("/acme/diffusion/resolve/main/unet/model.safetensors"),
+            client=client,
+            config=config(),
+        )
+        hf_found = await find_existing_model(
+            hf_plan, models_dir=models, target_dir=models / "SD", index=index
+        )
+        assert hf_found is not None
+        assert hf_found.in_target_folder
+        # A small git file publishes no sha256: nothing to look for.
+        no_digest = await resolve_url(
+            hub.hub.url("/acme/diffusion/resolve/main/config.json"), client=client, config=config()
+        )
+        assert published_digest(no_digest)[0] == ""
+        assert (
+            await find_existing_model(
+                no_digest, models_dir=models, target_dir=models / "SD", index=index
+            )
+            is None
+        )
+    # Each of the three model files was hashed once over all these searches.
+    assert index.statistics().files_hashed == 3
+    assert not civitai.storage.requests
+    assert not hub.cdn.requests
 
 
 # -- the command line ----------------------------------------------------------------------

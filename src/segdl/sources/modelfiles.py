@@ -43,6 +43,7 @@ from ..core.modelinfo import (
 )
 from ..errors import DownloadError, redact_url
 from ..io.files import write_atomic
+from ..io.modelindex import ModelIndex
 from .base import DownloadPlan, SourceConfig
 from .civitai import CivitAIResolver, describe_civitai
 from .huggingface import HuggingFaceResolver
@@ -50,10 +51,13 @@ from .sitehttp import open_response, read_body
 
 __all__ = [
     "MAX_PREVIEW_BYTES",
+    "ExistingModel",
     "ModelFileOptions",
     "auto_folder",
     "describe_url",
+    "find_existing_model",
     "folder_for_record",
+    "published_digest",
     "write_model_metadata",
 ]
 
@@ -198,3 +202,91 @@ async def _fetch_image(client: httpx.AsyncClient, url: str) -> bytes:
         if response.status_code != 200:
             raise DownloadError(f"the image host answered HTTP {response.status_code}", url=url)
         return await read_body(response, limit=MAX_PREVIEW_BYTES)
+
+
+# -- have it already? ------------------------------------------------------------------------
+
+# CivitAI's sizeKB is a float of KiB, rounded: a size this close is a candidate (the digest
+# decides).  The Hub's X-Linked-Size is exact.
+_CIVITAI_SIZE_TOLERANCE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingModel:
+    """A file under the models directory with the published sha256 of the one asked for."""
+
+    path: Path
+    in_target_folder: bool
+
+    def message(self, models_dir: Path) -> str:
+        """One line for the user (paths relative to the models directory where possible)."""
+        try:
+            shown = str(self.path.relative_to(models_dir))
+        except ValueError:
+            shown = str(self.path)
+        if self.in_target_folder:
+            return f"already there: {shown} has the published sha256; nothing to download"
+        return (
+            f"the same file is already at {shown} (same sha256); link or copy it instead of "
+            "downloading it again"
+        )
+
+
+def published_digest(source: DownloadPlan | SiteRecord | None) -> tuple[str, int | None, int]:
+    """(sha256, size hint, size tolerance) the site publishes; sha256 "" when it publishes none."""
+    if isinstance(source, DownloadPlan):
+        if source.record is None:
+            return (source.sha256 or "", source.size, 0)
+        source = source.record
+    if isinstance(source, HuggingFaceRecord):
+        return (source.sha256 or "", source.size, 0)
+    if isinstance(source, CivitAIRecord) and source.file is not None:
+        hashes = source.file.get("hashes")
+        digest = hashes.get("SHA256") if isinstance(hashes, dict) else None
+        size_kb = source.file.get("sizeKB")
+        size = (
+            round(size_kb * 1024)
+            if isinstance(size_kb, int | float) and not isinstance(size_kb, bool)
+            else None
+        )
+        if isinstance(digest, str) and len(digest) == 64:
+            return (digest.lower(), size, _CIVITAI_SIZE_TOLERANCE)
+    return ("", None, 0)
+
+
+async def find_existing_model(
+    source: DownloadPlan | SiteRecord | None,
+    *,
+    models_dir: Path,
+    target_dir: Path,
+    index: ModelIndex,
+    max_hash_bytes: int | None = None,
+) -> ExistingModel | None:
+    """Is the file the site describes already under *models_dir*?  (issue 15 item 5)
+
+    A copy in *target_dir* is preferred (nothing to do); otherwise the first copy elsewhere
+    is returned, for the caller to name it and link or copy it only when asked
+    (:func:`segdl.io.modelindex.place_model_copy`).  None when the site publishes no sha256,
+    or no file has it.
+    """
+    digest, size, tolerance = published_digest(source)
+    if not digest or not await trio.to_thread.run_sync(models_dir.is_dir):
+        return None
+    search = await index.search(
+        models_dir,
+        digest,
+        size=size,
+        size_tolerance=tolerance,
+        max_hash_bytes=max_hash_bytes,
+    )
+    if not search.matches:
+        return None
+    return await trio.to_thread.run_sync(_prefer_target, search.matches, target_dir)
+
+
+def _prefer_target(matches: tuple[Path, ...], target_dir: Path) -> ExistingModel:
+    target = target_dir.resolve()
+    for path in matches:
+        if path.parent.resolve() == target:
+            return ExistingModel(path, in_target_folder=True)
+    return ExistingModel(matches[0], in_target_folder=False)

@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import trio
 
-from .core.events import Cancelled, Error, Event, Success
+from .core.checksum import Checksum
+from .core.events import Aborted, Event, Failed, Success
 from .core.headers import (
     MAX_PARTIAL_NAME_BYTES,
-    Checksum,
     choose_filename,
     parse_content_disposition_filename,
     sanitize_filename,
@@ -30,8 +30,14 @@ from .core.headers import (
 from .engine.native import EventSink, download_to_path
 from .engine.options import Options, RetryPolicy
 from .engine.throttle import RateLimit
-from .errors import BadResponse, DownloadError, HTTPStatusError, InvalidURL, redact_url
-from .io.dataplane import RemoteChanged
+from .errors import (
+    BadResponse,
+    DownloadError,
+    HTTPStatusError,
+    InvalidURL,
+    RemoteChanged,
+    redact_url,
+)
 from .io.files import check_writable_dir, remove_sidecars
 from .io.probe import ProbeResult, check_url, probe
 from .io.tls import client_context
@@ -173,18 +179,18 @@ async def download(
         return result
     except DownloadError as exc:
         ended = True
-        emit(Error(message=str(exc), code=exc.exit_code))
+        emit(Failed(message=str(exc), code=exc.exit_code))
         raise
     except Exception as exc:
         ended = True
         # A bug, not a download failure: still one line for the user, the cause chained.
         error = DownloadError(f"internal error: {type(exc).__name__}: {exc}")
-        emit(Error(message=str(error), code=error.exit_code))
+        emit(Failed(message=str(error), code=error.exit_code))
         raise error from exc
     finally:
         if not ended:
             # Cancelled (possibly inside an exception group), or interrupted.
-            emit(Cancelled())
+            emit(Aborted())
 
 
 async def _download(
@@ -431,7 +437,7 @@ class DownloadManager:
 
         def emit(event: Event) -> None:
             handle = self.downloads[handle_id]
-            if isinstance(event, Cancelled) and handle.state is DownloadState.PAUSED:
+            if isinstance(event, Aborted) and handle.state is DownloadState.PAUSED:
                 return  # a pause, not the end
             handle.last_event = event
             if on_event is not None:

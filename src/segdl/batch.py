@@ -26,8 +26,8 @@ from pathlib import Path
 import trio
 
 from .api import download
+from .core.checksum import Checksum
 from .core.events import Event, Success
-from .core.headers import Checksum
 from .core.inputfile import MAX_CONNECTIONS, InputEntry, parse_input_file
 from .engine.options import Options
 from .engine.throttle import RateLimit

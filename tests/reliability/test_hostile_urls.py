@@ -263,7 +263,7 @@ async def test_hostile_urls_fail_cleanly_and_send_nothing_injected(
         assert not leaked(message), message
         assert not message.startswith("internal error"), message
         assert files_under(target) == set()
-        assert isinstance(events[-1], segdl.Error)
+        assert isinstance(events[-1], segdl.Failed)
         if must_be_refused(url):
             assert isinstance(error, segdl.InvalidURL), (url, message)
             assert sent == []

@@ -51,8 +51,8 @@ from pathlib import Path
 import trio
 import trio_websocket
 
+from ..core.checksum import Checksum
 from ..core.events import Progress, Started, Success
-from ..core.headers import Checksum
 from ..core.progress import MIB, RateMeter
 from ..errors import (
     AuthError,

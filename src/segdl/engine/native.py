@@ -45,11 +45,12 @@ from ..errors import (
     HTTPStatusError,
     NetworkError,
     NotFound,
+    RemoteChanged,
     ResumeError,
     redact_url,
 )
 from ..io import files
-from ..io.dataplane import Connection, Endpoint, RemoteChanged, ResponseHead, Transform
+from ..io.dataplane import Connection, Endpoint, ResponseHead, Transform
 from ..io.probe import ProbeResult
 from ..io.tls import client_context
 from .options import Options

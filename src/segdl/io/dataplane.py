@@ -53,7 +53,7 @@ from ..errors import (
     status_error,
 )
 
-__all__ = ["Connection", "Endpoint", "RemoteChanged", "ResponseHead"]
+__all__ = ["Connection", "Endpoint", "ResponseHead"]
 
 USER_AGENT = "segdl/0.1"
 # One splice moves at most a pipe's capacity; 1 MiB is Linux's default pipe-max-size.
@@ -66,10 +66,6 @@ _HEAD_LIMIT = 64 * 1024
 
 # Rewrites a chunk in place before it is written; told the chunk's offset in the file.
 Transform = Callable[[memoryview, int], None]
-
-
-class RemoteChanged(BadResponse):
-    """The server now serves a different version of the file (ETag/size changed)."""
 
 
 @dataclass(frozen=True, slots=True)

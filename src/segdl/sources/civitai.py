@@ -11,7 +11,11 @@ The flow (reference/sources.md §1):
    ``?token=``, §1.2) and *not followed*: its ``307`` names a presigned storage URL on another
    host, which is returned as the plan's URL with no header at all, so the token never reaches
    the storage host.  Any other answer (401 JSON, a redirect to ``/login``…) becomes an error
-   here, before anything is written.
+   here, before anything is written, naming its cause: early access (with its end date),
+   downloads disabled by the creator, login required, no access.
+
+The API answers are kept in the plan (``DownloadPlan.record``, tokens scrubbed) for the
+metadata files written beside the model (:mod:`segdl.sources.modelfiles`).
 """
 
 from __future__ import annotations

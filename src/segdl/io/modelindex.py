@@ -46,6 +46,8 @@ __all__ = [
 CACHE_FILE_NAME = "sha256-index.json"
 PARTIAL_SIDECARS = (".aria2", ".segdl")
 _CHUNK = 4 * 1024 * 1024
+# Seconds between saves of the cache during a long search (and once at its end).
+SAVE_INTERVAL = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,28 +172,38 @@ class ModelIndex:
             matches: list[Path] = []
             unchecked: list[Path] = []
             budget = max_hash_bytes
-            for candidate in candidates:
-                cached = cache.lookup(candidate.key, candidate.size, candidate.mtime_ns)
-                if cached is not None:
-                    self._stats.cache_hits += 1
-                    if cached == wanted:
+            dirty, saved_at = False, trio.current_time()
+            try:
+                for candidate in candidates:
+                    cached = cache.lookup(candidate.key, candidate.size, candidate.mtime_ns)
+                    if cached is not None:
+                        self._stats.cache_hits += 1
+                        if cached == wanted:
+                            matches.append(candidate.path)
+                        continue
+                    if budget is not None and candidate.size > budget:
+                        unchecked.append(candidate.path)
+                        budget = 0  # at a file boundary: the rest are left too
+                        continue
+                    digest = await self._hash(candidate.path)
+                    if digest is None:
+                        continue  # vanished or unreadable: not a match
+                    if budget is not None:
+                        budget -= candidate.size
+                    if await trio.to_thread.run_sync(self._unchanged, candidate):
+                        cache.store(candidate.key, candidate.size, candidate.mtime_ns, digest)
+                        dirty = True
+                    if dirty and trio.current_time() - saved_at >= SAVE_INTERVAL:
+                        # A long search that is interrupted keeps most of its work.
+                        await trio.to_thread.run_sync(self._save, cache)
+                        dirty, saved_at = False, trio.current_time()
+                    if digest == wanted:
                         matches.append(candidate.path)
-                    continue
-                if budget is not None and candidate.size > budget:
-                    unchecked.append(candidate.path)
-                    budget = 0  # at a file boundary: the rest are left too
-                    continue
-                digest = await self._hash(candidate.path)
-                if digest is None:
-                    continue  # vanished or unreadable: not a match
-                if budget is not None:
-                    budget -= candidate.size
-                if await trio.to_thread.run_sync(self._unchanged, candidate):
-                    cache.store(candidate.key, candidate.size, candidate.mtime_ns, digest)
-                    # Saved after each file: a long search that is cancelled keeps its work.
-                    await trio.to_thread.run_sync(self._save, cache)
-                if digest == wanted:
-                    matches.append(candidate.path)
+            finally:
+                if dirty:
+                    # Small and bounded (one JSON file), so done even when cancelled.
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self._save, cache)
             return IndexSearch(tuple(matches), tuple(unchecked))
 
     def _candidates(self, models_dir: Path, size: int | None, tolerance: int) -> list[_Candidate]:

@@ -27,6 +27,7 @@ from .core.events import Metadata as Metadata
 from .core.events import Progress as Progress
 from .core.events import Started as Started
 from .core.events import Success as Success
+from .core.events import Warned as Warned
 from .core.events import deprecated_name as _deprecated_event
 from .core.inputfile import InputFileError as InputFileError
 from .engine.options import Options as Options
@@ -38,6 +39,7 @@ from .errors import ChecksumMismatch as ChecksumMismatch
 from .errors import DiskError as DiskError
 from .errors import DiskFull as DiskFull
 from .errors import DownloadError as DownloadError
+from .errors import DuplicateModel as DuplicateModel
 from .errors import FileExists as FileExists
 from .errors import HTTPStatusError as HTTPStatusError
 from .errors import InvalidURL as InvalidURL
@@ -64,6 +66,7 @@ __all__ = [
     "DownloadHandle",
     "DownloadManager",
     "DownloadState",
+    "DuplicateModel",
     "Event",
     "Failed",
     "FileExists",
@@ -84,6 +87,7 @@ __all__ = [
     "Started",
     "Success",
     "Timeout",
+    "Warned",
     "download",
     "download_batch",
     "download_batch_sync",

@@ -20,6 +20,7 @@ from .errors import DownloadError
 from .jobs.flow import run_download
 from .jobs.manager import DownloadHandle, DownloadManager, DownloadState, open_manager
 from .jobs.request import RequestArgs, build_request
+from .sources.modelfiles import ModelFileOptions
 
 __all__ = [
     "DownloadHandle",
@@ -114,6 +115,12 @@ def download_model(
             progress_callback(data)
 
     result = download_sync(
-        url, folder, on_event=emit, civitai_token=civitai_token, hf_token=hf_token
+        url,
+        folder,
+        on_event=emit,
+        civitai_token=civitai_token,
+        hf_token=hf_token,
+        # As the SD tools expect: the site's metadata files beside the model.
+        model_files=ModelFileOptions(metadata=True),
     )
     return result.path

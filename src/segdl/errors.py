@@ -14,6 +14,7 @@
     │                                 ETag, Last-Modified or size): the download restarts
     ├── ResumeError                   the partial file cannot be continued safely (exit 8)
     ├── FileExists                    the target exists and may not be replaced (exit 13)
+    │   └── DuplicateModel            the same model (sha256) is already in another folder
     ├── DiskError                     could not create/write/allocate the file (exit 17)
     │   └── DiskFull                  ENOSPC, or not enough free space for the size (exit 9)
     └── ChecksumMismatch              the finished file has the wrong digest (exit 32)
@@ -35,6 +36,7 @@ __all__ = [
     "DiskError",
     "DiskFull",
     "DownloadError",
+    "DuplicateModel",
     "FileExists",
     "HTTPStatusError",
     "InvalidURL",
@@ -148,6 +150,11 @@ class ResumeError(DownloadError):
 
 class FileExists(DownloadError):
     exit_code = 13
+
+
+class DuplicateModel(FileExists):
+    """The model asked for is already under the models directory, in another folder: linked
+    only when asked (``--link-existing``), never downloaded twice silently."""
 
 
 class DiskError(DownloadError):

@@ -43,6 +43,8 @@ from segdl.testing.rangeserver import RangeServer, RequestRecord, Resource
 
 MIB = 1024 * 1024
 BODY = os.urandom(3 * MIB + 77)
+# The Hub's file is another model: a server finds a copy of the same sha256 and links it.
+HUB_BODY = os.urandom(3 * MIB + 78)
 CIVITAI_TOKEN = "civ-S3CRET-4b1d9e"
 HF_TOKEN = "hf_S3CRET_8c2f7a"
 SECRETS = (CIVITAI_TOKEN, HF_TOKEN)
@@ -119,7 +121,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, source_env: Path) -> Iterator[FakeHub]:
     with FakeHub(tokens={HF_TOKEN, "hf_not_approved"}, rate_limit=4 * MIB) as fake:
         fake.add(
             "acme/gated",
-            HubRepo(files={"unet/model.safetensors": BODY}, gated=True, approved={HF_TOKEN}),
+            HubRepo(files={"unet/model.safetensors": HUB_BODY}, gated=True, approved={HF_TOKEN}),
         )
         fake.renamed["acme/old-name"] = "acme/gated"
         monkeypatch.setenv("HF_ENDPOINT", fake.base_url)
@@ -236,7 +238,7 @@ async def test_hf_token_reaches_the_hub_only_even_across_redirects(
     events = Events()
     url = hub.hub.url(f"/{path}/resolve/main/unet/model.safetensors")
     result = await segdl.download(url, source_env, hf_token=HF_TOKEN, options=FAST, on_event=events)
-    assert Path(result.path).read_bytes() == BODY
+    assert Path(result.path).read_bytes() == HUB_BODY
     assert_own_site_only_hub(hub)
     assert events.leaks() == []
     assert logged_leaks(all_logs) == []
@@ -358,7 +360,7 @@ async def test_aria2c_never_sees_a_token_in_argv_config_or_log(
     result = await segdl.download(
         url, source_env, hf_token=HF_TOKEN, engine="aria2c", options=FAST, on_event=on_event
     )
-    assert Path(result.path).read_bytes() == BODY
+    assert Path(result.path).read_bytes() == HUB_BODY
     assert argvs, "aria2c's command line was never seen"
     for argv in argvs:
         assert leaks(" ".join(argv)) == [], argv
@@ -390,7 +392,7 @@ async def test_the_server_keeps_tokens_out_of_replies_logs_and_files(
     replies: list[dict[str, Any]] = []
     with trio.fail_after(60):
         async with (
-            open_server(models, ServeSettings(options=FAST)) as info,
+            open_server(models, ServeSettings(options=FAST, link_existing=True)) as info,
             open_client(info.port, codec="json") as client,
         ):
             # One download with both token fields, one with ``?token=`` pasted, one from the

@@ -10,7 +10,11 @@ Written from reference/sources.md §1 and its checklist (§6):
   no grant and rate limit; success is a ``307`` to a presigned storage URL;
 * the storage host (a second server, so another origin) answers ``403`` to an expired
   signature and to any ``Authorization`` header, and serves ranges with a
-  ``Content-Disposition: attachment; filename="…"``.
+  ``Content-Disposition: attachment; filename="…"``;
+* the image host (a third origin, image.civitai.com) serves each version's ``images``, whose
+  entries carry ``type``, ``nsfwLevel`` (bit flags: PG 1, PG13 2, R 4, X 8, XXX 16, Blocked
+  32), ``width``/``height`` and an ``original=true`` URL as ``prepareModelVersionResponse``
+  builds them; it refuses any ``Authorization`` header too.
 """
 
 from __future__ import annotations
@@ -52,6 +56,15 @@ class CivitFile:
 
 
 @dataclass
+class CivitImage:
+    id: int
+    body: bytes
+    nsfw_level: int = 1
+    type: str = "image"  # or "video"
+    extension: str = "jpeg"  # the name in the URL; the bytes decide what it is
+
+
+@dataclass
 class CivitVersion:
     id: int
     name: str
@@ -60,6 +73,10 @@ class CivitVersion:
     trained_words: list[str] = field(default_factory=list)
     require_auth: bool = True
     mode: Mode = "ok"
+    description: str | None = None
+    images: list[CivitImage] = field(default_factory=list)
+    #: earlyAccessEndsAt while mode == "early_access" (the 403's "deadline" too).
+    early_access_ends: str = "2026-12-31T00:00:00.000Z"
 
 
 @dataclass
@@ -68,6 +85,8 @@ class CivitModel:
     name: str
     type: str
     versions: list[CivitVersion]
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 class FakeCivitAI:
@@ -76,10 +95,14 @@ class FakeCivitAI:
     def __init__(self, *, tokens: set[str] | None = None, rate_limit: int | None = None) -> None:
         self.site = RangeServer()
         self.storage = RangeServer(rate_limit=rate_limit)
+        self.images = RangeServer()
         self.tokens = tokens if tokens is not None else {"civ-secret"}
         self.rate_limited = False
         #: Answer every client as a browser (as the 2023 code did by Content-Type, §1.3).
         self.treat_all_as_browser = False
+        #: Hostile: the API echoes the caller's token in the URLs it returns (the real one
+        #: does not), to prove no token reaches a file segdl writes.
+        self.echo_token = False
         self._models: dict[int, CivitModel] = {}
         self._versions: dict[int, tuple[CivitModel, CivitVersion]] = {}
         self._valid_signatures: set[str] = set()
@@ -87,6 +110,7 @@ class FakeCivitAI:
         self._lock = threading.Lock()
         self.site.on_request(self._site)
         self.storage.on_request(self._storage)
+        self.images.on_request(self._image_host)
 
     # ---- setup
 
@@ -98,6 +122,12 @@ class FakeCivitAI:
                 self.storage.add(
                     self._object_path(f),
                     Resource(body=f.body, content_disposition=f'attachment; filename="{f.name}"'),
+                )
+            for image in version.images:
+                content_type = "video/mp4" if image.type == "video" else "image/jpeg"
+                self.images.add(
+                    self._image_path(image),
+                    Resource(body=image.body, headers={"Content-Type": content_type}),
                 )
 
     def expire_storage_urls(self) -> None:
@@ -112,6 +142,7 @@ class FakeCivitAI:
     def __enter__(self) -> FakeCivitAI:
         self.site.start()
         self.storage.start()
+        self.images.start()
         return self
 
     def __exit__(
@@ -122,7 +153,8 @@ class FakeCivitAI:
     ) -> None:
         self.site.stop()
         self.storage.stop()
-        check_clean(self.site, self.storage)
+        self.images.stop()
+        check_clean(self.site, self.storage, self.images)
 
     # ---- the metadata API
 
@@ -149,22 +181,49 @@ class FakeCivitAI:
             data["primary"] = f.primary  # /api/v1/models omits a false primary
         return data
 
+    @staticmethod
+    def _image_path(image: CivitImage) -> str:
+        return f"/xG1nkqKTMzGDvpLrqFT7WA/img-{image.id}/original=true/{image.id}.{image.extension}"
+
+    def _image_json(self, image: CivitImage) -> dict[str, object]:
+        return {
+            "url": self.images.url(self._image_path(image)),
+            "nsfwLevel": image.nsfw_level,
+            "width": 832,
+            "height": 1216,
+            "hash": "U9B:@L00~q%M",
+            "type": image.type,
+            "hasMeta": True,
+            "onSite": False,
+            "meta": {"prompt": "a dream", "seed": 42},
+        }
+
     def _version_json(
         self, model: CivitModel, version: CivitVersion, *, in_models: bool = False
     ) -> dict[str, object]:
+        early = version.mode == "early_access"
         data: dict[str, object] = {
             "id": version.id,
             "modelId": model.id,
             "name": version.name,
+            "description": version.description,
             "baseModel": version.base_model,
             "baseModelType": "Standard",
             "air": f"urn:air:sd1:{model.type.lower()}:civitai:{model.id}@{version.id}",
             "status": "Published",
+            "availability": "EarlyAccess" if early else "Public",
+            "nsfwLevel": 1,
+            "usageControl": "Generation" if version.mode == "disabled" else "Download",
+            "earlyAccessEndsAt": version.early_access_ends if early else None,
+            "earlyAccessConfig": (
+                {"timeframe": 7, "chargeForDownload": True, "downloadPrice": 500} if early else None
+            ),
             "trainedWords": version.trained_words,
+            "stats": {"downloadCount": 1234, "thumbsUpCount": 56},
             "files": []
             if version.mode == "archived"
             else [self._file_json(version, f, in_models=in_models) for f in version.files],
-            "images": [],
+            "images": [self._image_json(image) for image in version.images],
             "downloadUrl": f"{self.base_url}/api/download/models/{version.id}",
         }
         if not in_models:
@@ -177,7 +236,12 @@ class FakeCivitAI:
             found = self._versions.get(int(match.group(1)))
             if found is None or found[1].mode == "unpublished":
                 return json_answer(404, {"error": "Model not found"})
-            return json_answer(200, self._version_json(*found))
+            data = self._version_json(*found)
+            token = bearer(info.headers)
+            if self.echo_token and token:
+                data["downloadUrl"] = f"{data['downloadUrl']}?token={token}"
+                data["note"] = f"requested with {token}"
+            return json_answer(200, data)
         if match := re.fullmatch(r"/api/v1/models/([0-9]+)", path):
             model = self._models.get(int(match.group(1)))
             if model is None:
@@ -188,7 +252,10 @@ class FakeCivitAI:
                 {
                     "id": model.id,
                     "name": model.name,
+                    "description": model.description,
                     "type": model.type,
+                    "tags": model.tags,
+                    "creator": {"username": "dreamer", "image": None},
                     "modelVersions": [
                         self._version_json(model, v, in_models=True) for v in published
                     ],
@@ -259,7 +326,7 @@ class FakeCivitAI:
             return error(
                 403,
                 "Early Access",
-                deadline="2026-12-31T00:00:00.000Z",
+                deadline=version.early_access_ends,
                 message="This asset is in Early Access. You can use Buzz access it now!",
             )
         if version.mode == "no_grant":
@@ -303,4 +370,11 @@ class FakeCivitAI:
             valid = query.get("X-Amz-Signature") in self._valid_signatures
         if not valid:
             return text(403, "Request has expired")
+        return None
+
+    # ---- the image host
+
+    def _image_host(self, info: RequestInfo) -> Fault | None:
+        if "authorization" in info.headers:
+            return text(403, "Forbidden: unexpected Authorization header")
         return None

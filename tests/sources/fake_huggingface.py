@@ -39,6 +39,11 @@ class HubRepo:
     approved: set[str] = field(default_factory=set)  # tokens allowed past the gate / privacy
     #: Pretend the sha256 of these paths is something else (a corrupted CDN object).
     lie_about: set[str] = field(default_factory=set)
+    #: Fine-grained tokens without "read public gated repos": 403 with the Hub's message.
+    fine_grained: set[str] = field(default_factory=set)
+    #: Send the gated refusal's X-Error-Message without its X-Error-Code (as seen via some
+    #: proxies and older Hub answers): the message alone must be understood.
+    gated_without_code: bool = False
 
 
 class FakeHub:
@@ -137,16 +142,24 @@ class FakeHub:
             return self._error(status, "RepoNotFound", "Repository not found")
         if repo.gated and token not in repo.approved:
             kind = "dataset" if prefix else "model"
+            gated = None if repo.gated_without_code else "GatedRepo"
+            if token in repo.fine_grained:
+                return self._error(
+                    403,
+                    gated,
+                    "Please enable access to public gated repositories in your fine-grained "
+                    "token settings to view this repository.",
+                )
             if token is None:
                 return self._error(
                     401,
-                    "GatedRepo",
+                    gated,
                     f"Access to {kind} {repo_name} is restricted. You must have access to it "
                     "and be authenticated to access it. Please log in.",
                 )
             return self._error(
                 403,
-                "GatedRepo",
+                gated,
                 f"Access to {kind} {repo_name} is restricted and you are not in the "
                 f"authorized list. Visit https://huggingface.co/{repo_name} to ask for access.",
             )

@@ -210,8 +210,13 @@ async def test_login_redirect_is_an_auth_error_not_a_saved_page(
     civitai: FakeCivitAI, source_env: pathlib.Path
 ) -> None:
     civitai.treat_all_as_browser = True
-    with pytest.raises(segdl.AuthError, match="requires an API token"):
+    with pytest.raises(segdl.AuthError, match="requires you to be logged in") as info:
         await segdl.download(civitai.site.url("/api/download/models/2002"), source_env)
+    assert str(info.value) == (
+        "the creator of Dream Model v2.0 (model version 2002) requires you to be logged in to "
+        f"download it: create an API key at {civitai.base_url}/user/account, then set "
+        "CIVITAI_TOKEN or pass --civitai-token"
+    )
     assert files_in(source_env) == []
     assert not any(r.path.startswith("/login") for r in civitai.site.requests)
 
@@ -219,7 +224,7 @@ async def test_login_redirect_is_an_auth_error_not_a_saved_page(
 @pytest.mark.parametrize(
     ("mode", "error", "words"),
     [
-        ("early_access", segdl.AuthError, "Early Access"),
+        ("early_access", segdl.AuthError, "is in early access until 2026-12-31 00:00 UTC"),
         ("no_grant", segdl.AuthError, "do not have access"),
         ("disabled", segdl.AuthError, "disabled downloads"),
         ("archived", segdl.NotFound, "archived"),
@@ -251,11 +256,83 @@ async def test_browser_style_early_access_redirect_is_an_auth_error(
     model.versions[0].mode = "early_access"
     civitai.add(model)
     civitai.treat_all_as_browser = True
-    with pytest.raises(segdl.AuthError, match="Early Access"):
+    # The browser answer (a redirect to the version page) has no date: the API's is used.
+    with pytest.raises(segdl.AuthError, match="early access until 2026-12-31 00:00 UTC"):
         await segdl.download(
             civitai.site.url("/api/download/models/2002"), source_env, civitai_token=TOKEN
         )
     assert files_in(source_env) == []
+
+
+def page(fake: FakeCivitAI) -> str:
+    return f"{fake.base_url}/models/1001?modelVersionId=2002"
+
+
+@pytest.mark.parametrize(
+    ("mode", "require_auth", "token", "expected"),
+    [
+        (
+            "early_access",
+            True,
+            TOKEN,
+            "Dream Model v2.0 (model version 2002) is in early access until 2027-01-15 12:00 "
+            "UTC; buy access on civitai.com ({page}) or wait",
+        ),
+        (
+            "early_access",
+            False,
+            None,
+            "Dream Model v2.0 (model version 2002) is in early access until 2027-01-15 12:00 "
+            "UTC; buy access on civitai.com ({page}) or wait (if you bought access, set "
+            "CIVITAI_TOKEN or pass --civitai-token so CivitAI knows it is you)",
+        ),
+        (
+            "disabled",
+            True,
+            TOKEN,
+            "the creator of Dream Model v2.0 (model version 2002) has disabled downloads of it "
+            "on CivitAI: it cannot be downloaded (only used on the site)",
+        ),
+        (
+            "ok",
+            True,
+            None,
+            "the creator of Dream Model v2.0 (model version 2002) requires you to be logged in "
+            "to download it: create an API key at {base}/user/account, then set CIVITAI_TOKEN "
+            "or pass --civitai-token",
+        ),
+        (
+            "no_grant",
+            True,
+            TOKEN,
+            "CivitAI says you do not have access to download Dream Model v2.0 (model version "
+            "2002) (a private or paid file: see {page})",
+        ),
+    ],
+    ids=["early-access", "early-access-no-token", "disabled", "login", "no-grant"],
+)
+async def test_each_refusal_names_its_cause_in_one_line(
+    civitai: FakeCivitAI,
+    source_env: pathlib.Path,
+    mode: str,
+    require_auth: bool,
+    token: str | None,
+    expected: str,
+) -> None:
+    model = make_model()
+    model.versions[0].mode = mode  # type: ignore[assignment]
+    model.versions[0].require_auth = require_auth
+    model.versions[0].early_access_ends = "2027-01-15T12:00:00.000Z"
+    civitai.add(model)
+    with pytest.raises(segdl.AuthError) as info:
+        await segdl.download(
+            civitai.site.url("/api/download/models/2002"), source_env, civitai_token=token
+        )
+    assert str(info.value) == expected.format(page=page(civitai), base=civitai.base_url)
+    assert info.value.exit_code == 24
+    assert "HTTP" not in str(info.value)  # the cause, not the status code
+    assert files_in(source_env) == []
+    assert not civitai.storage.requests
 
 
 async def test_rate_limit_is_server_busy(civitai: FakeCivitAI, source_env: pathlib.Path) -> None:

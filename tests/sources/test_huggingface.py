@@ -29,7 +29,7 @@ def source_env(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> pathl
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, source_env: pathlib.Path) -> Iterator[FakeHub]:
-    with FakeHub(tokens={TOKEN, "hf-other"}) as fake:
+    with FakeHub(tokens={TOKEN, "hf-other", "hf-fine"}) as fake:
         fake.add(
             "acme/diffusion",
             HubRepo(
@@ -37,7 +37,19 @@ def hub(monkeypatch: pytest.MonkeyPatch, source_env: pathlib.Path) -> Iterator[F
                 revisions={"main": COMMIT, "v1.0": "b" * 40},
             ),
         )
-        fake.add("acme/gated", HubRepo(files={"m.safetensors": BODY}, gated=True, approved={TOKEN}))
+        fake.add(
+            "acme/gated",
+            HubRepo(
+                files={"m.safetensors": BODY},
+                gated=True,
+                approved={TOKEN},
+                fine_grained={"hf-fine"},
+            ),
+        )
+        fake.add(
+            "acme/quiet-gate",
+            HubRepo(files={"m.safetensors": BODY}, gated=True, gated_without_code=True),
+        )
         fake.add(
             "acme/private", HubRepo(files={"m.safetensors": BODY}, private=True, approved={TOKEN})
         )
@@ -164,13 +176,8 @@ async def test_renamed_repo_follows_the_relative_redirect(
 @pytest.mark.parametrize(
     ("path", "token", "error", "words"),
     [
-        (
-            "/acme/gated/resolve/main/m.safetensors",
-            None,
-            segdl.AuthError,
-            "gated repository: accept",
-        ),
-        ("/acme/gated/resolve/main/m.safetensors", "hf-other", segdl.AuthError, "authorized list"),
+        ("/acme/gated/resolve/main/m.safetensors", None, segdl.AuthError, "is gated: accept"),
+        ("/acme/gated/resolve/main/m.safetensors", "hf-other", segdl.AuthError, "no access yet"),
         ("/acme/private/resolve/main/m.safetensors", None, segdl.NotFound, "if it is private"),
         ("/acme/nothing/resolve/main/m.safetensors", TOKEN, segdl.NotFound, "token cannot see"),
         ("/acme/diffusion/resolve/v9/config.json", None, segdl.NotFound, "revision v9"),
@@ -190,6 +197,51 @@ async def test_errors_from_x_error_code(
         await segdl.download(hub.hub.url(path), source_env, hf_token=token)
     if token:
         assert token not in str(info.value)
+    assert files_in(source_env) == []
+    assert not hub.cdn.requests
+
+
+@pytest.mark.parametrize(
+    ("repo", "token", "expected"),
+    [
+        (
+            "acme/gated",
+            None,
+            "acme/gated is gated: accept its conditions at {base}/acme/gated while logged in, "
+            "then use a token of that account (HF_TOKEN or --hf-token)",
+        ),
+        (
+            "acme/gated",
+            "hf-other",
+            "acme/gated is gated and your token's account has no access yet: accept its "
+            "conditions at {base}/acme/gated (some authors approve each request; wait for it)",
+        ),
+        (
+            "acme/gated",
+            "hf-fine",
+            "acme/gated is gated and your fine-grained token may not read gated repositories: "
+            "allow access to public gated repositories in the token's settings on "
+            "huggingface.co, or use a read token (--hf-token)",
+        ),
+        (
+            # No X-Error-Code: the Hub's message alone says it is gated.
+            "acme/quiet-gate",
+            None,
+            "acme/quiet-gate is gated: accept its conditions at {base}/acme/quiet-gate while "
+            "logged in, then use a token of that account (HF_TOKEN or --hf-token)",
+        ),
+    ],
+    ids=["no-token", "not-approved", "fine-grained", "message-only"],
+)
+async def test_a_gated_repo_says_what_to_do(
+    hub: FakeHub, source_env: pathlib.Path, repo: str, token: str | None, expected: str
+) -> None:
+    with pytest.raises(segdl.AuthError) as info:
+        await segdl.download(
+            hub.hub.url(f"/{repo}/resolve/main/m.safetensors"), source_env, hf_token=token
+        )
+    assert str(info.value) == expected.format(base=hub.base_url)
+    assert info.value.exit_code == 24
     assert files_in(source_env) == []
     assert not hub.cdn.requests
 

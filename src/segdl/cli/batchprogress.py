@@ -20,7 +20,7 @@ from enum import Enum
 from typing import TextIO
 
 from ..batch import BatchJob, BatchResult
-from ..core.events import Aborted, Event, Failed, Metadata, Progress, Started, Success
+from ..core.events import Aborted, Event, Failed, Metadata, Progress, Started, Success, Warned
 from ..core.headers import filename_from_url
 from ..errors import redact_url
 from .progressbar import format_bytes, format_eta
@@ -358,6 +358,8 @@ class BatchReporter:
             self._print(line, self.stdout)
         elif isinstance(event, Failed):
             self._print(f"segdl: error: #{index + 1}: {event.message}", self.stderr)
+        elif isinstance(event, Warned) and not self.quiet and not self.json_lines:
+            self._print(f"segdl: warning: #{index + 1}: {event.message}", self.stderr)
 
     def _print(self, line: str, stream: TextIO) -> None:
         if self.display is not None:

@@ -11,20 +11,22 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 import trio
 
 from ..batch import BatchJob, BatchResult, check_targets, download_batch, load_input_file
 from ..core.checksum import Checksum, parse_checksum
-from ..core.events import Event, Failed, Success
-from ..core.folders import model_folder
+from ..core.events import Event, Failed, Success, Warned
+from ..core.folders import AUTO, model_folder
 from ..core.inputfile import InputFileError
 from ..core.sizes import parse_size
 from ..engine.options import Options, RetryPolicy
 from ..engine.throttle import RateLimit
 from ..errors import DownloadError
 from ..server.cli import add_serve_arguments, run_serve
+from ..sources.modelfiles import ModelFileOptions
 from .batchprogress import BatchReporter, BatchView, LiveDisplay
 from .progressbar import ProgressBar, format_bytes
 
@@ -120,7 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--type",
         metavar="TYPE",
         help="model type: save into DIR/FOLDER (SD, LoRA, TI, SR, CN, HN, VAE, Detailer, "
-        "or an alias such as checkpoint, lora, embedding, upscaler, controlnet)",
+        "or an alias such as checkpoint, lora, embedding, upscaler, controlnet); auto: the "
+        "folder the CivitAI model's type names",
+    )
+    get.add_argument(
+        "--no-metadata",
+        action="store_true",
+        help="do not write NAME.civitai.info, NAME.json and NAME.preview.* beside the model",
+    )
+    get.add_argument(
+        "--link-existing",
+        action="store_true",
+        help="a model already under -d DIR with the published sha256 is hard-linked (or "
+        "copied) into place instead of downloaded again",
+    )
+    get.add_argument(
+        "--nsfw-preview",
+        action="store_true",
+        help="the preview may be the model's first image even if it is not safe for work",
     )
     get.add_argument("--connect-timeout", type=float, default=30.0, metavar="SEC")
     get.add_argument(
@@ -191,6 +210,10 @@ class _Reporter:
             print(line, file=self.stdout, flush=True)
         elif isinstance(event, Failed) and self.bar is not None:
             self.bar.clear()
+        elif isinstance(event, Warned) and not self.quiet:
+            if self.bar is not None:
+                self.bar.clear()
+            print(f"segdl: warning: {event.message}", file=self.stderr, flush=True)
 
 
 async def _run_batch(
@@ -199,6 +222,7 @@ async def _run_batch(
     args: argparse.Namespace,
     limits: tuple[RateLimit, ...],
     on_event: Callable[[int, Event], None],
+    model_files: ModelFileOptions,
 ) -> BatchResult:
     return await download_batch(
         jobs,
@@ -209,6 +233,7 @@ async def _run_batch(
         limits=limits,
         civitai_token=args.civitai_token,
         hf_token=args.hf_token,
+        model_files=model_files,
     )
 
 
@@ -286,23 +311,33 @@ def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     overall = _rate(args.max_overall_download_limit, "--max-overall-download-limit")
     if args.max_concurrent_downloads < 1:
         raise _UsageError("-j must be at least 1")
-    if args.type:
+    auto = bool(args.type) and args.type.strip().lower() == AUTO
+    model_files = ModelFileOptions(
+        metadata=not args.no_metadata,
+        nsfw_preview=args.nsfw_preview,
+        auto_folder=auto,
+        # "Have it already?" looks under -d: the models directory when --type is given.
+        models_root=Path(args.dir),
+        link_existing=args.link_existing,
+    )
+    if args.type and not auto:
         try:
             args.dir = os.path.join(args.dir, model_folder(args.type))
         except ValueError as exc:
             raise _UsageError(str(exc)) from exc
     jobs = _collect_jobs(args)
+
     # One RateLimit shared by every connection of every download: an overall limit.
     limits = (RateLimit(overall),) if overall else ()
     tty = stderr.isatty() and not args.json and not args.quiet
     if args.input_file is None and len(jobs) == 1:
-        return _get_one(args, jobs, options, limits, stdout, stderr, tty)
+        return _get_one(args, jobs, options, limits, stdout, stderr, tty, model_files)
     display = LiveDisplay(stderr, BatchView.for_jobs(jobs)) if tty else None
     report = BatchReporter(
         json_lines=args.json, quiet=args.quiet, stdout=stdout, stderr=stderr, display=display
     )
     try:
-        result = trio.run(_run_batch, jobs, options, args, limits, report)
+        result = trio.run(_run_batch, jobs, options, args, limits, report, model_files)
     finally:
         report.close()
     report.finish(result)
@@ -317,6 +352,7 @@ def _get_one(
     stdout: TextIO,
     stderr: TextIO,
     tty: bool,
+    model_files: ModelFileOptions,
 ) -> int:
     """``segdl get URL``: a one-line bar, a completion line, one error line."""
     report = _Reporter(
@@ -330,7 +366,7 @@ def _get_one(
     def on_event(index: int, event: Event) -> None:
         report(index + 1, event)
 
-    result = trio.run(_run_batch, jobs, options, args, limits, on_event)
+    result = trio.run(_run_batch, jobs, options, args, limits, on_event, model_files)
     for outcome in result.failed:
         print(f"segdl: error: {outcome.error}", file=stderr, flush=True)
     return result.exit_code

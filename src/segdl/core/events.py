@@ -21,6 +21,7 @@ __all__ = [
     "Progress",
     "Started",
     "Success",
+    "Warned",
 ]
 
 
@@ -71,6 +72,15 @@ class Success(_EventBase):
 
 
 @dataclass(frozen=True, slots=True)
+class Warned(_EventBase):
+    """Something the user should know that does not stop the download (a metadata file that
+    could not be written, a copy linked instead of downloaded)."""
+
+    type: ClassVar[Literal["warning"]] = "warning"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed(_EventBase):
     type: ClassVar[Literal["error"]] = "error"
     message: str
@@ -82,7 +92,7 @@ class Aborted(_EventBase):
     type: ClassVar[Literal["cancelled"]] = "cancelled"
 
 
-Event = Started | Metadata | Progress | Success | Failed | Aborted
+Event = Started | Metadata | Progress | Success | Warned | Failed | Aborted
 
 _DEPRECATED = {"Error": Failed, "Cancelled": Aborted}
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["FOLDERS", "model_folder"]
+__all__ = ["AUTO", "FOLDERS", "civitai_folder", "model_folder"]
+
+# ``--type auto`` / ``"type": "auto"``: the folder comes from the model's own type.
+AUTO: Final = "auto"
 
 # The canonical folder names, in the order a user interface lists them.
 FOLDERS: Final[tuple[str, ...]] = ("SD", "LoRA", "TI", "SR", "CN", "HN", "VAE", "Detailer")
@@ -51,4 +54,53 @@ def model_folder(type: str) -> str:
             f"unknown model type {shown!r}: use one of {', '.join(FOLDERS)} "
             "(or checkpoint, lora, embedding, upscaler, controlnet, hypernetwork, vae, detailer)"
         )
+    return folder
+
+
+# CivitAI's ModelType enum (reference/sources.md §1.5, spelled as the API sends it) → folder.
+# Detection models on CivitAI are ADetailer's YOLO detectors.  The other types (workflows,
+# wildcards, poses, motion modules, text encoders, LLMs…) have no folder sd-inference-server
+# scans; they are refused rather than guessed.
+_CIVITAI_TYPES: Final[dict[str, str]] = {
+    "checkpoint": "SD",
+    "lora": "LoRA",
+    "locon": "LoRA",
+    "dora": "LoRA",
+    "textualinversion": "TI",
+    "hypernetwork": "HN",
+    "vae": "VAE",
+    "upscaler": "SR",
+    "controlnet": "CN",
+    "detection": "Detailer",
+}
+# A version's extra files that belong elsewhere than its model: a checkpoint's baked-in VAE
+# is published as its own file of type "VAE"; training data and archives are no models.
+_CIVITAI_FILE_TYPES: Final[dict[str, str | None]] = {
+    "vae": "VAE",
+    "trainingdata": None,
+    "archive": None,
+}
+
+
+def civitai_folder(model_type: str | None, file_type: str | None = None) -> str:
+    """The models sub-folder for a CivitAI model of *model_type* (its file of *file_type*).
+
+    Raises:
+        ValueError: the type has no folder; one line saying so and what to do instead.
+    """
+    shown = (model_type or "unknown")[:40]
+    folder = _CIVITAI_TYPES.get(_normalise(model_type or ""))
+    if folder is None:
+        raise ValueError(
+            f"CivitAI model type {shown!r} has no models folder: choose one with --type "
+            f"({', '.join(FOLDERS)}) or download it without --type"
+        )
+    if file_type is not None and _normalise(file_type) in _CIVITAI_FILE_TYPES:
+        own = _CIVITAI_FILE_TYPES[_normalise(file_type)]
+        if own is None:
+            raise ValueError(
+                f"this CivitAI file is {file_type[:40]!r}, not a model: it has no models "
+                "folder; download it without --type"
+            )
+        return own
     return folder

@@ -40,6 +40,7 @@ from ..io.files import check_writable_dir
 from ..io.probe import ProbeResult, probe
 from ..io.tls import client_context
 from ..sources.base import DownloadPlan
+from .modelfolder import choose_directory, find_copy, write_metadata
 from .request import DownloadRequest
 
 __all__ = ["MAX_RESTARTS", "fetch_probed", "run_download"]
@@ -97,6 +98,15 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             plan = await request.source.resolve(client=client, config=request.sites)
             if attempt == 0 and plan.metadata is not None:
                 emit(plan.metadata)
+            files = request.model_files
+            directory = choose_directory(request.directory, plan, files)
+            if directory != request.directory:
+                await trio.to_thread.run_sync(check_writable_dir, directory)
+            copy = await find_copy(
+                plan, directory, files, cache_dir=request.sites.cache_dir, emit=emit
+            )
+            if copy is not None:
+                return copy
             # The site's headers (its token) go to the site's URLs only; mirrors the user or
             # the site named elsewhere get the user's own headers.
             site_headers = {**plan.headers, **options.headers}
@@ -111,7 +121,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             run_options = options
             if options.checksum is None and plan.sha256:
                 run_options = replace(options, checksum=Checksum("sha256", plan.sha256.lower()))
-            path = request.directory / _filename(request.out, probed, plan, request.source.url)
+            path = directory / _filename(request.out, probed, plan, request.source.url)
             try:
                 result = await fetch_probed(
                     probed,
@@ -131,6 +141,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
                 continue
             if plan.verify is not None:
                 await plan.verify(path)
+            await write_metadata(Path(result.path), plan, files, client=client, emit=emit)
             return result
     raise AssertionError("unreachable")
 

@@ -21,6 +21,7 @@ from ..engine.options import Options
 from ..engine.throttle import RateLimit
 from ..errors import DownloadError, InvalidURL
 from ..sources.base import SourceConfig, SourceRef
+from ..sources.modelfiles import ModelFileOptions
 from ..sources.resolve import parse_source
 
 __all__ = ["CommonArgs", "DownloadRequest", "RequestArgs", "build_request"]
@@ -34,6 +35,7 @@ class CommonArgs(TypedDict, total=False):
     civitai_token: str | None
     hf_token: str | None
     limits: Sequence[RateLimit]
+    model_files: ModelFileOptions | None
 
 
 class RequestArgs(CommonArgs, total=False):
@@ -51,6 +53,8 @@ class DownloadRequest:
     ``directory``  where the file goes; ``out`` its name (None: chosen from the answer)
     ``sites``      site endpoints and the user's tokens
     ``limits``     rate limits every connection passes
+    ``model_files`` the models-folder steps: folder from the type, a copy already there,
+                   metadata files beside the model (None: none of them)
     """
 
     source: SourceRef[Any]
@@ -61,6 +65,7 @@ class DownloadRequest:
     sites: SourceConfig = field(default_factory=SourceConfig)
     limits: tuple[RateLimit, ...] = ()
     engine: str = "native"
+    model_files: ModelFileOptions | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -82,6 +87,7 @@ def build_request(
     civitai_token: str | None = None,
     hf_token: str | None = None,
     limits: Sequence[RateLimit] = (),
+    model_files: ModelFileOptions | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> DownloadRequest:
     """Check a download's arguments and build its request.
@@ -108,4 +114,5 @@ def build_request(
         sites=sites,
         limits=tuple(limits),
         engine=engine,
+        model_files=model_files,
     )

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from ..core.folders import model_folder
+from ..core.folders import AUTO, model_folder
 from ..engine.options import Options
 from ..errors import DownloadError, redact_url
 from . import messages
@@ -97,6 +97,9 @@ class ServeSettings:
     max_overall_download_limit: int | None = None
     # Keep unfinished downloads in MODELS/.segdl-queue.json and take them up at start.
     persist_queue: bool = True
+    # A model already under the models directory (same sha256) in another folder is linked
+    # into place instead of downloaded again; otherwise the request fails saying where it is.
+    link_existing: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ async def serve_segdl(
             run=settings.run,
             overall_limit=settings.max_overall_download_limit or None,
             queue_file=queue_file,
+            link_existing=settings.link_existing,
         )
         if saved is not None:
             queue.restore(saved)
@@ -346,7 +350,10 @@ class _Server:
             client.outbox.put(messages.download_error(id, "the URL is too long"))
             return
         try:
-            folder = model_folder(data.get("type", ""))
+            kind = data.get("type", "")
+            # "auto": the model's own type (CivitAI) chooses the folder once the site answers.
+            auto = isinstance(kind, str) and kind.strip().lower() == AUTO
+            folder = AUTO if auto else model_folder(kind)
         except ValueError as exc:
             client.outbox.put(messages.download_error(id, str(exc)))
             return

@@ -44,6 +44,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PASSWORD,
         help=f"the protocol's shared password (default {DEFAULT_PASSWORD}, as qDiffusion)",
     )
+    parser.add_argument(
+        "--link-existing",
+        action="store_true",
+        help="a model already in another models folder (same sha256) is hard-linked into "
+        "place instead of downloaded again",
+    )
     parser.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve https/wss")
     parser.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
     parser.add_argument(
@@ -121,6 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent_downloads,
         allowed_origins=tuple(args.allow_origin),
         max_overall_download_limit=overall_limit,
+        link_existing=args.link_existing,
     )
     print("segdl serve: deriving the key…", file=sys.stderr)
     from .wire import Scheme

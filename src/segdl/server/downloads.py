@@ -26,8 +26,9 @@ from typing import Any
 import trio
 
 from ..core.events import Event, Metadata, Progress, Started
+from ..core.folders import AUTO
 from ..engine.options import Options
-from ..errors import DownloadError, FileExists, redact_url
+from ..errors import DownloadError, DuplicateModel, FileExists, redact_url
 from ..jobs.manager import (
     FINAL_STATES,
     UNFINISHED_STATES,
@@ -38,6 +39,7 @@ from ..jobs.manager import (
     RunDownload,
 )
 from ..jobs.request import DownloadRequest, build_request
+from ..sources.modelfiles import ModelFileOptions
 from . import messages
 from .outbox import Message, Outbox
 from .queuefile import SavedJob, SavedQueue, SavedState, strip_secrets, write_queue_file
@@ -153,7 +155,10 @@ class DownloadQueue:
     """Downloads into ``models_dir/<folder>``, at most ``max_concurrent`` at once.
 
     With *queue_file*, unfinished jobs are saved there after every change (see
-    :meth:`restore` for the other way).  *run* replaces the download flow (tests).
+    :meth:`restore` for the other way).  *run* replaces the download flow (tests).  Every
+    download looks for a copy of the model already under *models_dir* (linked into place with
+    *link_existing*) and writes the site's metadata files beside the model; the folder
+    ``auto`` is chosen from the model's type.
     """
 
     def __init__(
@@ -167,7 +172,9 @@ class DownloadQueue:
         run: RunDownload | None = None,
         overall_limit: float | None = None,
         queue_file: Path | None = None,
+        link_existing: bool = False,
     ) -> None:
+        self._link_existing = link_existing
         extra = {"run": run} if run is not None else {}
         self._manager = DownloadManager(
             nursery,
@@ -224,13 +231,17 @@ class DownloadQueue:
         Raises:
             DownloadError: the URL cannot be downloaded (one line for the client).
         """
+        auto = folder == AUTO
         return build_request(
             url,
-            self._models_dir / folder,
+            self._models_dir if auto else self._models_dir / folder,
             options=self._options,
             engine=self._engine,
             civitai_token=civitai_token,
             hf_token=hf_token,
+            model_files=ModelFileOptions(
+                auto_folder=auto, models_root=self._models_dir, link_existing=self._link_existing
+            ),
         )
 
     def submit(self, request: DownloadRequest, folder: str, subscriber: Subscriber) -> Job:
@@ -433,6 +444,9 @@ class DownloadQueue:
         def on_event(event: Event) -> None:
             if isinstance(event, Started):
                 job.started = event
+                if job.folder == AUTO and event.path is not None:
+                    # The model's type chose the folder: list it where it went.
+                    job.folder = Path(event.path).parent.name
                 self._changed()  # the queue file keeps the file name
                 self._send(job, lambda id: messages.download_started(id, event))
             elif isinstance(event, Metadata):
@@ -509,7 +523,7 @@ def _fresher(new: DownloadRequest, old: DownloadRequest) -> DownloadRequest:
 
 def _client_message(exc: DownloadError, job: Job) -> str:
     """The error as a UI user reads it: no command-line advice, no server paths."""
-    if isinstance(exc, FileExists):
+    if isinstance(exc, FileExists) and not isinstance(exc, DuplicateModel):
         return (
             f"a file of that name is already in the {job.folder} folder and segdl cannot "
             "tell it is this one; delete or rename it to download again"

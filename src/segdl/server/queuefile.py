@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
-from ..core.folders import model_folder
+from ..core.folders import AUTO, model_folder
 from ..errors import DownloadError
 from ..sources.base import SourceConfig
 from ..sources.resolve import parse_source
@@ -174,7 +174,8 @@ def _job(entry: object) -> SavedJob:
     try:
         parse_source(url, SourceConfig.from_env())
         # The same allow-list as a request's ``type``: never a path of the file's choosing.
-        folder = model_folder(entry.get("type", ""))
+        kind = entry.get("type", "")
+        folder = AUTO if kind == AUTO else model_folder(kind)
     except (DownloadError, ValueError) as exc:
         raise CorruptQueueFile(str(exc)) from exc
     if entry.get("type") != folder:

@@ -16,6 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import httpx
 
 from ..core.events import Metadata
+from ..core.modelinfo import SiteRecord
 from ..core.urls import HttpURL
 from ..io.dataplane import Transform
 
@@ -82,6 +83,8 @@ class DownloadPlan:
     ``transform``  rewrites each chunk in place before it is written (MEGA decryption)
     ``verify``     post-step on the finished file; raises ChecksumMismatch (MEGA's MAC)
     ``source``     "civitai", "huggingface", "gdrive", "mega" or "direct", for messages
+    ``record``     what the site said about the file, as it said it (CivitAI's API answers,
+                   the Hub's headers), without tokens or signed URLs: for metadata files
     """
 
     urls: tuple[HttpURL, ...]
@@ -94,6 +97,7 @@ class DownloadPlan:
     transform: Transform | None = None
     verify: Callable[[Path], Awaitable[None]] | None = None
     source: str = "direct"
+    record: SiteRecord | None = None
 
 
 Target = TypeVar("Target")

@@ -11,7 +11,11 @@ The flow (reference/sources.md §1):
    ``?token=``, §1.2) and *not followed*: its ``307`` names a presigned storage URL on another
    host, which is returned as the plan's URL with no header at all, so the token never reaches
    the storage host.  Any other answer (401 JSON, a redirect to ``/login``…) becomes an error
-   here, before anything is written.
+   here, before anything is written, naming its cause: early access (with its end date),
+   downloads disabled by the creator, login required, no access.
+
+The API answers are kept in the plan (``DownloadPlan.record``, tokens scrubbed) for the
+metadata files written beside the model (:mod:`segdl.sources.modelfiles`).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 import httpx
 
 from ..core.events import Metadata
+from ..core.modelinfo import CivitAIRecord, format_site_date, scrub_secrets
 from ..core.urls import HttpURL
 from ..errors import (
     AuthError,
     BadResponse,
     DownloadError,
     HTTPStatusError,
+    InvalidURL,
     NotFound,
     ServerBusy,
     redact_url,
@@ -49,7 +55,7 @@ from .sitehttp import (
     site_path,
 )
 
-__all__ = ["CivitAIResolver", "CivitAITarget", "parse_civitai_url"]
+__all__ = ["CivitAIResolver", "CivitAITarget", "describe_civitai", "parse_civitai_url"]
 
 PUBLIC_HOSTS = frozenset({"civitai.com", "www.civitai.com", "civitai.green", "www.civitai.green"})
 CACHE_TTL = 3600.0  # seconds; the public API itself says s-maxage=300, versions rarely change
@@ -123,33 +129,18 @@ class CivitAIResolver:
         client: httpx.AsyncClient,
         config: SourceConfig,
     ) -> DownloadPlan:
-        token = config.civitai_token or target.token
-        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        auth = _auth(target, config)
+        record = await _describe(target, client, config, auth)
+        version_id = record.version_id
+        assert version_id is not None  # _describe checked it
+        metadata = _metadata(record.version, record.file)
+
         base = config.civitai_url.rstrip("/")
-        cache = JsonCache(
-            config.cache_dir / "civitai" if config.cache_dir is not None else None, ttl=CACHE_TTL
-        )
-        api = _Api(client, base, auth, cache)
-
-        version_id = target.version_id
-        if version_id is None:
-            assert target.model_id is not None
-            model = await api.get(f"models/{target.model_id}", what=f"model {target.model_id}")
-            versions = as_list(as_dict(model).get("modelVersions"))
-            version_id = as_int(as_dict(versions[0]).get("id")) if versions else None
-            if version_id is None:
-                raise NotFound(f"CivitAI model {target.model_id} has no published version")
-        version = as_dict(
-            await api.get(f"model-versions/{version_id}", what=f"model version {version_id}")
-        )
-        chosen = _pick_file(version, target.query)
-        metadata = _metadata(version, chosen)
-
         download_url = f"{base}/api/download/models/{version_id}"
         if target.query:
             download_url += "?" + urlencode(target.query)
-        storage = await _storage_url(client, download_url, auth, version_id)
-        name = as_str(chosen.get("name")) if chosen else None
+        storage = await _storage_url(client, download_url, auth, record)
+        name = as_str(record.file.get("name")) if record.file else None
         if storage is None:
             # The site (a mirror) serves the bytes itself: the token stays on its origin.
             urls, headers = (download_url,), auth
@@ -162,7 +153,63 @@ class CivitAIResolver:
             sha256=metadata.sha256,
             metadata=metadata,
             source=self.name,
+            record=record,
         )
+
+
+async def describe_civitai(
+    url: str, *, client: httpx.AsyncClient, config: SourceConfig
+) -> CivitAIRecord:
+    """What CivitAI says about the file *url* names, without asking for the file itself.
+
+    Only the metadata API is asked (through the on-disk cache), so describing a URL before
+    or after its download costs no request to the download endpoint.
+    """
+    target = parse_civitai_url(url, config)
+    if target is None:
+        raise InvalidURL(f"not a CivitAI model URL: {redact_url(url)}", url=url)
+    return await _describe(target, client, config, _auth(target, config))
+
+
+def _auth(target: CivitAITarget, config: SourceConfig) -> dict[str, str]:
+    token = config.civitai_token or target.token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def _describe(
+    target: CivitAITarget,
+    client: httpx.AsyncClient,
+    config: SourceConfig,
+    auth: Mapping[str, str],
+) -> CivitAIRecord:
+    base = config.civitai_url.rstrip("/")
+    cache = JsonCache(
+        config.cache_dir / "civitai" if config.cache_dir is not None else None, ttl=CACHE_TTL
+    )
+    api = _Api(client, base, auth, cache)
+    token = auth.get("Authorization", "").removeprefix("Bearer ") or None
+    model: Mapping[str, object] | None = None
+    version_id = target.version_id
+    if version_id is None:
+        assert target.model_id is not None
+        model = as_dict(await api.get(f"models/{target.model_id}", what=f"model {target.model_id}"))
+        versions = as_list(model.get("modelVersions"))
+        version_id = as_int(as_dict(versions[0]).get("id")) if versions else None
+        if version_id is None:
+            raise NotFound(f"CivitAI model {target.model_id} has no published version")
+    version = as_dict(
+        await api.get(f"model-versions/{version_id}", what=f"model version {version_id}")
+    )
+    if as_int(version.get("id")) is None:
+        version = {**version, "id": version_id}
+    chosen = _pick_file(version, target.query)
+    # Kept for metadata files: never with the token or a signed URL inside.
+    return CivitAIRecord(
+        version=as_dict(scrub_secrets(version, [token])),
+        file=as_dict(scrub_secrets(chosen, [token])) if chosen is not None else None,
+        model=as_dict(scrub_secrets(model, [token])) if model is not None else None,
+        site=base,
+    )
 
 
 class _Api:
@@ -194,6 +241,9 @@ class _Api:
             value = parse_json(body, url=url)
         if not isinstance(value, dict):
             raise BadResponse(f"CivitAI's API sent an unexpected answer for {what}", url=url)
+        # An answer that echoed the token (or a signed URL) is cleaned before it is kept.
+        token = self._auth.get("Authorization", "").removeprefix("Bearer ")
+        value = scrub_secrets(value, [token])
         await self._cache.put(key, value)
         return value
 
@@ -289,7 +339,10 @@ def _metadata(version: Mapping[str, object], chosen: Mapping[str, object] | None
 
 
 async def _storage_url(
-    client: httpx.AsyncClient, url: str, auth: Mapping[str, str], version_id: int
+    client: httpx.AsyncClient,
+    url: str,
+    auth: Mapping[str, str],
+    record: CivitAIRecord,
 ) -> str | None:
     """Ask the download endpoint where the file is; None if it serves the file itself."""
     current = url
@@ -305,26 +358,22 @@ async def _storage_url(
                     return target
                 path = urlsplit(target).path
                 if path.rstrip("/").endswith("/login"):
-                    raise _auth_required(version_id, bool(auth), "")
+                    # What a browser gets where a program gets 401 "logged in" (§1.3).
+                    raise _login_required(record, bool(auth), url)
                 if "/model-versions/" in path:
                     # What a browser gets for an Early Access file (§1.3).
-                    raise AuthError(
-                        f"CivitAI model version {version_id} is in Early Access: it cannot be "
-                        "downloaded yet",
-                        url=url,
-                        status=403,
-                    )
+                    raise _early_access(record, None, bool(auth), url)
                 current = target
                 continue
             if status >= 400:
                 body = await read_body(response, limit=64 * 1024)
-                raise _download_error(status, response, body, version_id, bool(auth), url)
+                raise _download_error(status, response, body, record, bool(auth), url)
             content_type = response.headers.get("content-type", "").lower()
             if status != 200 or content_type.startswith(("text/html", "application/json")):
                 # Never save a page or an error document as the model.
                 raise BadResponse(
                     f"CivitAI answered HTTP {status} ({content_type or 'no type'}) instead of "
-                    f"the file for model version {version_id}",
+                    f"the file for {record.describe()}",
                     url=url,
                 )
             return None
@@ -336,41 +385,80 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
-def _auth_required(version_id: int, had_token: bool, message: str) -> AuthError:
-    why = f" ({message})" if message else ""
+# -- the causes, in words (the status code is not the cause) -------------------------------
+
+_TOKEN_HINT = "set CIVITAI_TOKEN or pass --civitai-token"
+
+
+def _login_required(record: CivitAIRecord, had_token: bool, url: str) -> AuthError:
     if had_token:
         return AuthError(
-            f"CivitAI did not accept the API token for model version {version_id}{why}",
+            f"CivitAI did not accept the API token for {record.describe()}: check the key "
+            f"(create one at {record.site}/user/account), then {_TOKEN_HINT}",
+            url=url,
             status=401,
         )
     return AuthError(
-        f"CivitAI requires an API token to download model version {version_id}: set "
-        f"CIVITAI_TOKEN or pass --civitai-token{why}",
+        f"the creator of {record.describe()} requires you to be logged in to download it: "
+        f"create an API key at {record.site}/user/account, then {_TOKEN_HINT}",
+        url=url,
         status=401,
     )
+
+
+def _early_access(record: CivitAIRecord, deadline: object, had_token: bool, url: str) -> AuthError:
+    when = format_site_date(deadline) or format_site_date(record.version.get("earlyAccessEndsAt"))
+    until = f" until {when}" if when else ""
+    text = (
+        f"{record.describe()} is in early access{until}; buy access on civitai.com "
+        f"({record.page_url}) or wait"
+    )
+    if not had_token:
+        text += f" (if you bought access, {_TOKEN_HINT} so CivitAI knows it is you)"
+    return AuthError(text, url=url, status=403)
+
+
+def _downloads_disabled(record: CivitAIRecord, url: str) -> AuthError:
+    return AuthError(
+        f"the creator of {record.describe()} has disabled downloads of it on CivitAI: it "
+        "cannot be downloaded (only used on the site)",
+        url=url,
+        status=401,
+    )
+
+
+def _error_deadline(body: bytes) -> object:
+    try:
+        return as_dict(parse_json(body, url="")).get("deadline")
+    except BadResponse:
+        return None
 
 
 def _download_error(
     status: int,
     response: httpx.Response,
     body: bytes,
-    version_id: int,
+    record: CivitAIRecord,
     had_token: bool,
     url: str,
 ) -> DownloadError:
     error, message = _error_fields(body)
-    what = f"model version {version_id}"
+    what = record.describe()
     if status == 401:
-        if "disabled downloads" in message:
-            return AuthError(f"CivitAI: {message} ({what})", url=url, status=status)
-        exc = _auth_required(version_id, had_token, message)
-        exc.url = url
-        return exc
+        if "disabled downloads" in message.lower() or "disabled downloads" in error.lower():
+            return _downloads_disabled(record, url)
+        return _login_required(record, had_token, url)
     if status == 403:
-        if error == "Early Access":
-            detail = f": {message}" if message else ""
-            return AuthError(f"CivitAI {what} is in Early Access{detail}", url=url, status=status)
-        return AuthError(f"CivitAI: {error or 'Forbidden'} ({what})", url=url, status=status)
+        if error.lower().replace("-", " ") == "early access":
+            return _early_access(record, _error_deadline(body), had_token, url)
+        if "do not have access" in error.lower():
+            return AuthError(
+                f"CivitAI says you do not have access to download {what} (a private or paid "
+                f"file: see {record.page_url})",
+                url=url,
+                status=status,
+            )
+        return AuthError(f"CivitAI refused {what}: {error or 'Forbidden'}", url=url, status=status)
     if status in (404, 410):
         return NotFound(f"CivitAI: {error or 'File not found'} ({what})", url=url, status=status)
     if status in (429, 503):

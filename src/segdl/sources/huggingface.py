@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httpx
 
 from ..core.events import Metadata
+from ..core.modelinfo import HuggingFaceRecord
 from ..core.urls import HttpURL
 from ..errors import (
     AuthError,
@@ -41,6 +42,8 @@ MAX_REDIRECTS = 10
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _INVALID_TOKEN = "Invalid credentials in Authorization header"
 _DISABLED = "Access to this resource is disabled."
+# The Hub's words for a gated repo (X-Error-Message), when X-Error-Code is missing.
+_RESTRICTED = re.compile(r"^Access to (model|dataset|space) \S+ is restricted", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,9 @@ class HuggingFaceResolver:
                         current = target  # relative: the repo was renamed or moved
                         continue
                     # The file lives elsewhere (the CDN): its facts are on this redirect.
-                    plan = _plan(file, response, (target,), {}, size_header="x-linked-size")
+                    plan = _plan(
+                        file, response, (target,), {}, size_header="x-linked-size", config=config
+                    )
                     return _with_mirrors(plan, file, config)
                 if response.status_code >= 400:
                     raise _hf_error(response, file, config, had_token=bool(token))
@@ -164,7 +169,9 @@ class HuggingFaceResolver:
                         url=current,
                     )
                 # A small file kept in git: served by the Hub itself, with the token.
-                plan = _plan(file, response, (current,), auth, size_header="content-length")
+                plan = _plan(
+                    file, response, (current,), auth, size_header="content-length", config=config
+                )
                 return _with_mirrors(plan, file, config)
         raise BadResponse(f"too many redirects from {redact_url(start)}", url=start)
 
@@ -182,11 +189,13 @@ def _plan(
     headers: dict[str, str],
     *,
     size_header: str,
+    config: SourceConfig,
 ) -> DownloadPlan:
     h = response.headers
     size_text = h.get("x-linked-size") or h.get(size_header) or ""
     size = int(size_text) if size_text.strip().isdigit() else None
-    etag = (h.get("x-linked-etag") or h.get("etag") or "").removeprefix("W/").strip().strip('"')
+    etag_header = "X-Linked-Etag" if h.get("x-linked-etag") else "ETag"
+    etag = (h.get(etag_header) or "").removeprefix("W/").strip().strip('"')
     # The ETag of a file kept in git is its git sha1 (40 hex): only a 64-hex tag is a sha256.
     sha256 = etag.lower() if _SHA256.fullmatch(etag.lower()) else None
     name = posixpath.basename(unquote(file.path))
@@ -208,6 +217,16 @@ def _plan(
         sha256=sha256,
         metadata=Metadata(name=name or None, sha256=sha256, extra=extra),
         source="huggingface",
+        record=HuggingFaceRecord(
+            endpoint=config.hf_endpoint,
+            repo=unquote(file.repo),
+            revision=unquote(file.revision),
+            path=unquote(file.path),
+            commit=h.get("x-repo-commit") or None,
+            sha256=sha256,
+            size=size,
+            sha256_from=etag_header if sha256 else None,
+        ),
     )
 
 
@@ -227,18 +246,8 @@ def _hf_error(
             url=url,
             status=status,
         )
-    if code == "GatedRepo":
-        if status == 401 or not had_token:
-            text = (
-                f"{repo} is a gated repository: accept its conditions at {page}, then set "
-                "HF_TOKEN or pass --hf-token"
-            )
-        else:
-            text = (
-                f"{repo} is a gated repository and your token is not in its authorized list: "
-                f"ask for access at {page}"
-            )
-        return AuthError(text, url=url, status=status)
+    if code == "GatedRepo" or _RESTRICTED.search(message):
+        return _gated(repo, page, message, had_token=had_token, status=status, url=url)
     if message == _DISABLED:
         return NotFound(f"{repo} has been disabled on Hugging Face", url=url, status=status)
     if code == "RepoNotFound" or (status == 401 and code not in ("EntryNotFound",)):
@@ -268,3 +277,26 @@ def _hf_error(
             retry_after=float(retry) if retry.isdigit() else None,
         )
     return status_error(status, response.reason_phrase, url=url)
+
+
+def _gated(
+    repo: str, page: str, message: str, *, had_token: bool, status: int, url: str
+) -> AuthError:
+    """A gated repo, in words: what the user must do on huggingface.co, not a status code."""
+    if "fine-grained" in message.lower():
+        text = (
+            f"{repo} is gated and your fine-grained token may not read gated repositories: "
+            "allow access to public gated repositories in the token's settings on "
+            "huggingface.co, or use a read token (--hf-token)"
+        )
+    elif status == 401 or not had_token:
+        text = (
+            f"{repo} is gated: accept its conditions at {page} while logged in, then use a "
+            "token of that account (HF_TOKEN or --hf-token)"
+        )
+    else:
+        text = (
+            f"{repo} is gated and your token's account has no access yet: accept its "
+            f"conditions at {page} (some authors approve each request; wait for it)"
+        )
+    return AuthError(text, url=url, status=status)

@@ -360,13 +360,13 @@ def scenario_crawl(ws: Workspace, ng: Nginx, s: Settings, progress: Progress) ->
     walls: dict[tuple[str, bool], list[float | None]] = {}
     crawled: dict[str, list[int]] = {}
     for with_crawler in (False, True):
-        log = ws.work / f"relay-crawl-{with_crawler}.log"
-        crawl = "3" if with_crawler else ""
-        with wan_relay(ng.https_port, log, rtt=0.0, rate=s.crawl_rate, crawl=crawl) as r:
-            for rep in range(s.reps):
-                for tool in alternate([SEGDL, ARIA2C], rep):
+        for rep in range(s.reps):
+            for tool in alternate([SEGDL, ARIA2C], rep):
+                # A fresh relay per run: connections are numbered from 1 for each tool.
+                log = ws.work / "relay-crawl.log"
+                crawl = "3" if with_crawler else ""
+                with wan_relay(ng.https_port, log, rtt=0.0, rate=s.crawl_rate, crawl=crawl) as r:
                     out = ws.fresh_out()
-                    closed_before = len(r.closed_connections())
                     argv = command(tool, r.url(name), out, ws.pair.certfile)
                     run = measure(argv, ws.work / "t", timeout=s.crawl_timeout)
                     if run is not None:
@@ -375,16 +375,17 @@ def scenario_crawl(ws: Workspace, ng: Nginx, s: Settings, progress: Progress) ->
                         None if run is None else run.wall
                     )
                     wait_for_quiet(r.log, settle=0.3)
-                    if with_crawler:
-                        through = [
-                            int(c["to_client"])
-                            for c in r.closed_connections()[closed_before:]
-                            if c["rate"] < s.crawl_rate
-                        ]
-                        crawled.setdefault(tool, []).append(sum(through))
-                    shown = "timeout" if run is None else f"{run.wall:.2f} s"
-                    crawler = "with" if with_crawler else "without"
-                    progress.step(f"crawl {crawler} {tool} {shown}")
+                # The relay logs a connection when it closes, and every one closes with it.
+                if with_crawler:
+                    through = [
+                        int(c["to_client"])
+                        for c in r.closed_connections()
+                        if c["rate"] < s.crawl_rate
+                    ]
+                    crawled.setdefault(tool, []).append(sum(through))
+                shown = "timeout" if run is None else f"{run.wall:.2f} s"
+                crawler = "with" if with_crawler else "without"
+                progress.step(f"crawl {crawler} {tool} {shown}")
 
     def show(values: list[float | None]) -> str:
         return " / ".join(f">{s.crawl_timeout:.0f}" if v is None else f"{v:.2f}" for v in values)
@@ -474,9 +475,10 @@ def scenario_resume(ws: Workspace, s: Settings, progress: Progress) -> list[str]
             if all(r[2] for r in rows)
             else (f"**wrong in {sum(not r[2] for r in rows)} of {len(rows)}**")
         )
+        counts = " / ".join(str(r[1]) for r in rows)
         lines.append(
-            f"| {tool} | {median(ratios):.3f} | {runs_text(ratios)} | "
-            f"{' / '.join(str(r[1]) for r in rows)} | {verdict} | {runs_text([r[3] for r in rows])} |"
+            f"| {tool} | {median(ratios):.3f} | {runs_text(ratios)} | {counts} | {verdict} | "
+            f"{runs_text([r[3] for r in rows])} |"
         )
     return lines
 

@@ -363,4 +363,5 @@ class NginxFactory(Protocol):
         limit_rate: str | None = None,
         workers: int = 1,
         access_log: bool = True,
+        log_format: str | None = None,
     ) -> Nginx: ...

@@ -170,19 +170,14 @@ async def _write_side(
 
 
 async def _relay_one(
-    client: trio.SocketStream, number: int, config: RelayConfig, stats: RelayStats
-) -> ConnectionStats:
-    record = ConnectionStats(
-        number=number, rate=config.rate_for(number), opened_at=trio.current_time()
-    )
-    stats.connections.append(record)
+    client: trio.SocketStream, record: ConnectionStats, config: RelayConfig
+) -> None:
     one_way = config.rtt / 2
     try:
         server = await trio.open_tcp_stream(config.upstream_host, config.upstream_port)
     except OSError:
         await client.aclose()
-        record.closed_at = trio.current_time()
-        return record
+        return
 
     def up(n: int) -> None:
         record.to_server += n
@@ -202,8 +197,6 @@ async def _relay_one(
             nursery.start_soon(_write_side, client, downward, record.rate, down)
     except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass  # a peer reset or vanished (a client SIGKILLed): the other side is closed too
-    record.closed_at = trio.current_time()
-    return record
 
 
 async def serve_wan_relay(
@@ -224,20 +217,29 @@ async def serve_wan_relay(
     accepted = 0
 
     async def relay(client: trio.SocketStream, number: int) -> None:
-        record = await _relay_one(client, number, config, stats)
-        if on_close is not None:
-            on_close(record)
+        record = ConnectionStats(
+            number=number, rate=config.rate_for(number), opened_at=trio.current_time()
+        )
+        stats.connections.append(record)
+        try:
+            await _relay_one(client, record, config)
+        finally:
+            # Also when the relay is being stopped: the counts of open connections matter.
+            record.closed_at = trio.current_time()
+            if on_close is not None:
+                on_close(record)
 
     # Our own accept loop rather than trio.serve_listeners: connections are numbered in the
     # order they were accepted (the crawling one is chosen by that number).
-    async with trio.open_nursery() as nursery:
-        for listener in listeners[1:]:
-            await listener.aclose()
-        listener = listeners[0]
-        while True:
-            client = await listener.accept()
-            accepted += 1
-            nursery.start_soon(relay, client, accepted)
+    try:
+        async with trio.open_nursery() as nursery:
+            while True:
+                client = await listeners[0].accept()
+                accepted += 1
+                nursery.start_soon(relay, client, accepted)
+    finally:
+        for listener in listeners:
+            listener.socket.close()
 
 
 def _parse_rate(text: str) -> float:

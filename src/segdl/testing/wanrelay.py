@@ -13,9 +13,11 @@ How each accepted connection is treated:
   The relay's kernel completes the client's TCP handshake at once; to stand in for the
   handshake's round trip, the client's *first* bytes wait one extra RTT. TCP's own dynamics
   (slow start, loss) are not modelled: each hop is a loopback connection.
-- **Per-connection cap.** Server-to-client bytes leave at ``rate`` at most: a virtual clock
-  advances by ``n / rate`` for every ``n`` bytes sent, and the relay sleeps until it before
-  sending the next quantum (about 20 ms of data, at least 1 KiB), so bursts stay short.
+- **Per-connection cap.** Server-to-client bytes leave at ``rate`` at most: a token bucket one
+  quantum deep (about 20 ms of data, at least 1 KiB) — a virtual clock advances by ``n / rate``
+  for every ``n`` bytes sent, the relay sleeps until it before sending the next quantum, and a
+  late wake-up is made up for within one quantum — so bursts stay short and the cap is reached
+  on a busy machine too.
 - **A crawling connection.** The connections whose accept numbers (1-based) are listed in
   ``crawl`` get ``crawl_rate`` instead (e.g. 8 KiB/s): one flow out of sixteen throttled.
 - **Bounded buffering.** At most ``buffer_limit`` bytes (plus one RTT of data at the cap) are
@@ -160,7 +162,10 @@ async def _write_side(
             piece = view[:quantum]
             if rate:
                 await trio.sleep_until(allowed_at)
-                allowed_at = max(allowed_at, trio.current_time()) + len(piece) / rate
+                # A token bucket one quantum deep: a wake-up that came late (a busy machine)
+                # is made up for, instead of lowering the cap by its lateness every time.
+                floor = trio.current_time() - _QUANTUM_SECONDS
+                allowed_at = max(allowed_at, floor) + len(piece) / rate
             await sink.send_all(piece)
             count(len(piece))
             view = view[len(piece) :]

@@ -117,12 +117,11 @@ async def test_only_the_chosen_connection_crawls() -> None:
         await stream.aclose()
 
     stats = RelayStats()
-    config = RelayConfig("127.0.0.1", 0, crawl=frozenset({2}), crawl_rate=crawl_rate)
     elapsed: dict[int, float] = {}
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             up = await start_upstream(nursery, upstream)
-            config = RelayConfig("127.0.0.1", up, crawl=config.crawl, crawl_rate=crawl_rate)
+            config = RelayConfig("127.0.0.1", up, crawl=frozenset({2}), crawl_rate=crawl_rate)
             port = await start_relay(nursery, config, stats)
             for number in (1, 2, 3):
                 client = await trio.open_tcp_stream("127.0.0.1", port)

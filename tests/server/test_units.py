@@ -204,7 +204,7 @@ def test_options_lists_finished_model_files(tmp_path: Path) -> None:
         (tmp_path / name).touch()
     options = list_models(tmp_path)
     assert options["UNET"] == options["CLIP"] == ["SD/a.safetensors"]
-    assert options["VAE"] == ["SD/b.vae.pt", "VAE/d.pt"]
+    assert options["VAE"] == ["SD/a.safetensors", "SD/b.vae.pt", "VAE/d.pt"]
     assert options["LoRA"] == ["LoRA/sub/c.safetensors"]
     assert options["model_types"] == {"LoRA/sub/c.safetensors": "LoRA"}
     assert options["TI"] == options["Detailer"] == []

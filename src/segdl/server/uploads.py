@@ -149,12 +149,13 @@ class Uploads:
             else:
                 await self._finish(sender, key, request_id)
             return
-        if index != 0 and failed:
+        first = _is_count(index) and index == 0
+        if not first and failed:
             return  # the error was sent when it failed
         if failed:
             del self._failed[failed_key]
         try:
-            if index == 0:
+            if first:
                 await self._start(sender, request_id, raw_type, raw_name, data)
             else:
                 await self._append(sender, raw_type, raw_name, data)

@@ -3,8 +3,14 @@
 One nursery for the server (listeners, the download queue), one per connection (trio-websocket's
 reader, our writer).  A connection reads requests and answers through its :class:`Outbox`; the
 writer task drains the outbox, so nothing a client does (or fails to do) ever blocks a
-download or another client.  Requests are handled in order; only ``options`` touches the
-disk, in a worker thread.
+download or another client.  Requests are handled in order; ``options`` and ``chunk`` touch
+the disk, in worker threads.
+
+Each connection is a :class:`~.sessions.Session`: one lost without a closing handshake keeps
+its downloads, uploads and unsent replies for ``reconnect_grace`` seconds, and ``reconnect``
+moves them to a new connection (:mod:`.sessions`).  Uploads (``chunk``) are :mod:`.uploads`.
+A binary message over ``max_message_size`` is cut short below trio-websocket and answered
+with an error (:mod:`.framelimit`).
 
 Besides the protocol's requests (reference sd-protocol.md), segdl's own, each acked first as
 usual.  A download is addressed by the id of the ``download`` request that started it

@@ -41,7 +41,8 @@ class RequestHead:
     target: str
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     raw: bytes  # every byte received so far, to replay to the WebSocket handshake
-    # How much of ``raw`` is the head itself: a client may send frames right after it.
+    # How much of ``raw`` is the head itself: what follows is WebSocket frames, which the
+    # message size guard reads (framelimit.py).
     head_size: int = 0
 
     @property

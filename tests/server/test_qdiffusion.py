@@ -399,7 +399,9 @@ async def test_an_oversized_message_gets_an_error_and_the_connection_stays(
             await q.pump_until(lambda: bool(q.errors))
             (error,) = q.errors
             assert error["id"] == -1
-            assert error["data"]["message"].startswith("Message too large")
+            assert error["data"]["message"] == "Message too large"
+            assert error["data"]["limit"] == MIB
+            assert error["data"]["size"] > 2 * MIB  # the chunk, sealed in BSON
             ping = await q.request({"type": "ping"})
             await q.pump_until(lambda: q.received[-1]["type"] == "pong")
             assert q.received[-1]["id"] == ping

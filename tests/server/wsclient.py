@@ -110,12 +110,14 @@ class ProtocolClient:
 
     async def aclose(self) -> None:
         """Say goodbye (a closing handshake, RFC 6455 §7), then close the socket."""
-        with trio.move_on_after(2):
-            if self.closed_code is None:
-                with contextlib.suppress(Exception):  # already broken: just close
-                    await self._send(self.ws.send(CloseConnection(code=1000)))
-                    while not isinstance(await self._next_event(), CloseConnection):
-                        pass
+        try:
+            with trio.move_on_after(2):
+                if self.closed_code is None:
+                    with contextlib.suppress(Exception):  # already broken: just close
+                        await self._send(self.ws.send(CloseConnection(code=1000)))
+                        while not isinstance(await self._next_event(), CloseConnection):
+                            pass
+        finally:
             await self.cut()
 
     async def cut(self) -> None:

@@ -385,9 +385,10 @@ class _Server:
             if size is not None:
                 limit = self._settings.max_message_size
                 log.warning("client %d sent a message of %d bytes: refused", client.id, size)
-                client.outbox.put(
-                    messages.error(f"Message too large: {size} bytes (at most {limit})")
-                )
+                # A fixed message, as the protocol's other connection errors; the sizes beside.
+                refusal = messages.error("Message too large")
+                refusal["data"].update(size=size, limit=limit)
+                client.outbox.put(refusal)
                 continue
             if isinstance(data, str):
                 client.outbox.put(messages.error("Invalid request"))

@@ -165,6 +165,33 @@ async def test_a_live_connection_is_not_taken_over(
         assert owner.entries[id].error is None
 
 
+async def test_a_half_open_connection_is_taken_over_when_it_does_not_answer_a_ping(
+    tmp_path: Path, range_server: RangeServer
+) -> None:
+    # The usual case behind a qDiffusion reconnect: its network went away, and the server
+    # still thinks the old connection is up.  Here the old connection stays open but is
+    # never read again, so the server's ping gets no pong.
+    range_server.rate_limit = 256 * KIB
+    range_server.add("/d.safetensors", Resource(body=os.urandom(MIB)))
+    settings = slow_settings(reconnect_probe_timeout=1.0)
+    with trio.fail_after(60):
+        async with open_server(tmp_path, settings) as info, open_qdiffusion(info.port) as q:
+            id = await q.download("SD", range_server.url("/d.safetensors"))
+            await q.pump_until(lambda: q.entries[id].progress > 0)
+            frozen, q.connection = q.connection, None
+            try:
+                start = trio.current_time()
+                await q.connect()  # reconnect {first id}: the server pings the old one
+                await q.pump_until(lambda: q.entries[id].finished)
+                assert trio.current_time() - start >= 1.0  # it waited for the pong
+            finally:
+                assert frozen is not None
+                await frozen.cut()
+    assert q.entries[id].error is None
+    replies = [m for m in since_last_hello(q) if m["type"] == "download"]
+    assert replies[-1]["data"]["status"] == "success"
+
+
 async def test_a_client_that_does_not_come_back_is_forgotten(
     tmp_path: Path, range_server: RangeServer
 ) -> None:

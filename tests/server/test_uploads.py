@@ -73,7 +73,8 @@ async def test_an_upload_is_published_whole_with_its_checksum(tmp_path: Path) ->
     }
     progress = [r["data"] for r in replies if r["data"]["status"] == "progress"]
     assert progress[-1]["progress"] == 1.0
-    assert progress[-1]["downloaded"] == len(content)
+    assert progress[-1]["downloaded"] == progress[-1]["total"] == len(content)
+    assert progress[-1]["eta"] == 0.0
     assert (tmp_path / "LoRA" / "x.safetensors").read_bytes() == content
     assert files_under(tmp_path) == ["LoRA/x.safetensors"]
     assert uploads.active() == []

@@ -245,8 +245,11 @@ class Uploads:
                 raise UploadRefused(f"upload of {upload.name} stopped: {exc}") from None
             upload.next_index = index + 1
         snapshot = upload.meter.sample(upload.file.written, self._clock())
-        progress = min(1.0, upload.next_index / upload.total)
-        eta = snapshot.eta if upload.next_index < upload.total else 0.0
+        complete = upload.next_index >= upload.total
+        progress = 1.0 if complete else upload.next_index / upload.total
+        eta = 0.0 if complete else snapshot.eta
+        # Until the last chunk, the size is known only as total × the first chunk's length.
+        expected = upload.file.written if complete else upload.expected_size
         upload.owner.outbox.put(
             messages.envelope(
                 "download",
@@ -256,7 +259,7 @@ class Uploads:
                     "rate": snapshot.rate / MIB,
                     "eta": eta,
                     "downloaded": upload.file.written,
-                    "total": upload.expected_size,
+                    "total": expected,
                 },
                 upload.request_id,
             ),

@@ -187,6 +187,18 @@ async def test_bad_types_and_names_are_refused(tmp_path: Path, type: Any, name: 
 
 
 @pytest.mark.parametrize(
+    "name",
+    ["m.safetensors.aria2", "m.safetensors.SEGDL", "x.upload.part", "a.part", "c.aria2__temp"],
+)
+async def test_names_of_unfinished_files_are_refused(tmp_path: Path, name: str) -> None:
+    uploads, sender = Uploads(tmp_path), Sender()
+    replies = await upload(uploads, sender, "SD", name, b"not a control file")
+    assert replies[0]["data"]["status"] == "error"
+    assert "kept for unfinished files" in replies[0]["data"]["message"]
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize(
     ("name", "stored"),
     [
         ("../../../outside.pt", "outside.pt"),

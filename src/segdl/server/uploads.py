@@ -63,6 +63,9 @@ MAX_FAILED: Final = 256
 # A download of NAME in progress has one of these beside it (in place: aria2's control file;
 # or its partial file): an upload must not replace its file.
 _DOWNLOAD_MARKERS: Final = (".aria2", ".part")
+# The names of unfinished files: aria2's control file and its temporary, segdl's validators,
+# partial downloads and uploads.
+_RESERVED_SUFFIXES: Final = (".aria2", ".aria2__temp", ".segdl", ".part")
 
 
 class Owner(Protocol):
@@ -382,6 +385,11 @@ def _target(raw_type: str, raw_name: str) -> _Key:
     except ValueError as exc:
         raise UploadRefused(str(exc)) from None
     name = sanitize_filename(raw_name, fallback="upload", max_bytes=MAX_PARTIAL_NAME_BYTES)
+    if name.lower().endswith(_RESERVED_SUFFIXES):
+        # Such a file would pass for a download's control file or another upload's partial.
+        raise UploadRefused(
+            f"{name}: names ending in {', '.join(_RESERVED_SUFFIXES)} are kept for unfinished files"
+        )
     return folder, name
 
 

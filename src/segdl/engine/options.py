@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..core.headers import Checksum
+from ..core.checksum import Checksum
 
 __all__ = ["MIB", "Options", "RetryPolicy"]
 

@@ -103,7 +103,7 @@ async def test_replies_queued_while_the_client_was_away_arrive_after_reconnect(
             await q.cut()
             range_server.rate_limit = None
             (job,) = info.queue.jobs()
-            await job.finished.wait()  # done while nobody was connected
+            await job.handle.wait()  # done while nobody was connected
             assert job.state is JobState.DONE
             await q.connect()
             await q.pump_until(lambda: q.entries[id].finished)

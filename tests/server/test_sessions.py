@@ -3,6 +3,7 @@ unit.  Time is trio's autojump clock: the 60-second waits take no real time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 import trio
 
 from segdl.core.clientids import ClientIds
-from segdl.server.downloads import DownloadQueue, Job, Subscriber
+from segdl.core.events import Event, Success
+from segdl.jobs.request import DownloadRequest
+from segdl.server.downloads import DownloadQueue, Subscriber
 from segdl.server.outbox import Outbox
 from segdl.server.sessions import Session, Sessions
 
@@ -231,12 +234,16 @@ async def test_adopt_may_exceed_the_limit_without_overflowing() -> None:
 
 
 async def test_the_queue_transfers_subscriptions(tmp_path: Path) -> None:
+    async def never_ends(request: DownloadRequest, emit: Callable[[Event], None]) -> Success:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
     async with trio.open_nursery() as nursery:
-        queue = DownloadQueue(nursery, tmp_path)
+        queue = DownloadQueue(nursery, tmp_path, run=never_ends, max_concurrent=1)
         old, new, other = Outbox(), Outbox(), Outbox()
-        job = Job(id=1, url="http://x/", folder="SD", directory=tmp_path / "SD")
-        job.subscribers = [Subscriber(old, 10), Subscriber(other, 11), Subscriber(old, 12)]
-        queue._jobs[job.id] = job
+        job = queue.submit(queue.request("http://x/", "SD"), "SD", Subscriber(old, 10))
+        queue.submit(queue.request("http://x/", "SD"), "SD", Subscriber(other, 11))
+        queue.submit(queue.request("http://x/", "SD"), "SD", Subscriber(old, 12))
         assert queue.transfer(old, new) == 2
         assert [(s.outbox, s.request_id) for s in job.subscribers] == [
             (other, 11),

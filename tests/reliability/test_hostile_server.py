@@ -126,7 +126,12 @@ def server(root: Path, server_log: ServerLog, file_host: RangeServer) -> Iterato
 
 # ---- what every answer must look like
 
-CONNECTION_ERRORS = {"Invalid request", "Incorrect password", "Malformed request"}
+CONNECTION_ERRORS = {
+    "Invalid request",
+    "Incorrect password",
+    "Malformed request",
+    "Message too large",
+}
 DOWNLOAD_STATUSES = {"queued", "started", "metadata", "progress", "success", "error"}
 
 
@@ -667,12 +672,20 @@ async def test_an_id_bson_cannot_hold_does_not_cost_the_connection(
 # ---- size and volume
 
 
-async def test_a_message_over_the_limit_closes_only_that_connection(
+async def test_a_message_over_the_limit_is_refused_and_only_a_text_one_closes(
     server: ServerThread,
 ) -> None:
     with trio.fail_after(TIMEOUT):
         async with open_client(server.port) as bystander, open_client(server.port) as big:
+            # A binary message (the protocol's kind) is answered, and the connection stays.
             await big.send("ping", {"padding": "x" * (MAX_MESSAGE + 1)}, fragment=64 * 1024)
+            replies = await replies_until_pong(big)
+            assert replies[0]["type"] == "error"
+            assert replies[0]["data"]["message"] == "Message too large"
+            assert replies[0]["data"]["limit"] == MAX_MESSAGE
+            assert replies[0]["data"]["size"] > MAX_MESSAGE
+            # A text message cannot be cut safely: trio-websocket's 1009 stays for it.
+            await big.send_text("x" * (MAX_MESSAGE + 1))
             assert await closing_code(big) == 1009  # RFC 6455 §7.4.1: message too big
             await replies_until_pong(bystander)
             # Just under the limit is fine.

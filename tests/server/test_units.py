@@ -204,7 +204,7 @@ def test_options_lists_finished_model_files(tmp_path: Path) -> None:
         (tmp_path / name).touch()
     options = list_models(tmp_path)
     assert options["UNET"] == options["CLIP"] == ["SD/a.safetensors"]
-    assert options["VAE"] == ["SD/b.vae.pt", "VAE/d.pt"]
+    assert options["VAE"] == ["SD/a.safetensors", "SD/b.vae.pt", "VAE/d.pt"]
     assert options["LoRA"] == ["LoRA/sub/c.safetensors"]
     assert options["model_types"] == {"LoRA/sub/c.safetensors": "LoRA"}
     assert options["TI"] == options["Detailer"] == []
@@ -232,6 +232,49 @@ def test_serve_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_serve(_args("--keyfile", "k.pem")) == 28
     assert run_serve(_args("-j", "0")) == 28
     assert "error" in capsys.readouterr().err
+    assert run_serve(_args("--max-message-size", "lots")) == 28
+    assert "--max-message-size" in capsys.readouterr().err
+    assert run_serve(_args("--max-message-size", "100")) == 28
+    assert run_serve(_args("--max-upload-size", "-1")) == 28
+    assert "--max-upload-size" in capsys.readouterr().err
+    assert run_serve(_args("--reconnect-grace", "-5")) == 28
+    assert "--reconnect-grace" in capsys.readouterr().err
+
+
+def test_serve_message_upload_and_reconnect_options_reach_the_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[Any] = []
+
+    async def fake_main(settings: Any, scheme: Any) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr("segdl.server.cli._main", fake_main)
+    monkeypatch.setattr("segdl.server.wire.derive_key", lambda password: b"k" * 32)
+    models = str(tmp_path)
+    assert run_serve(_args("--models-dir", models)) == 0
+    assert (
+        run_serve(
+            _args(
+                "--models-dir",
+                models,
+                "--max-message-size",
+                "128M",
+                "--max-upload-size",
+                "0",
+                "--reconnect-grace",
+                "5",
+            )
+        )
+        == 0
+    )
+    default, custom = seen
+    assert default.max_message_size == 64 * 1024 * 1024
+    assert default.max_upload_size == 64 * 1024**3
+    assert default.reconnect_grace == 60.0
+    assert custom.max_message_size == 128 * 1024 * 1024
+    assert custom.max_upload_size is None
+    assert custom.reconnect_grace == 5.0
 
 
 def test_serve_fails_cleanly_on_a_missing_certificate(

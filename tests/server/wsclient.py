@@ -8,6 +8,7 @@ message, send a text frame, or stop reading), and BSON/JSON are encoded here.  P
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import ssl
@@ -108,6 +109,20 @@ class ProtocolClient:
         return self._events.pop(0)
 
     async def aclose(self) -> None:
+        """Say goodbye (a closing handshake, RFC 6455 §7), then close the socket."""
+        try:
+            with trio.move_on_after(2):
+                if self.closed_code is None:
+                    with contextlib.suppress(Exception):  # already broken: just close
+                        await self._send(self.ws.send(CloseConnection(code=1000)))
+                        while not isinstance(await self._next_event(), CloseConnection):
+                            pass
+        finally:
+            await self.cut()
+
+    async def cut(self) -> None:
+        """Close the socket without a closing handshake: a lost connection, as the server
+        sees one when the network goes away."""
         with trio.move_on_after(2):
             await self.stream.aclose()
 

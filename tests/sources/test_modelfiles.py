@@ -17,8 +17,8 @@ from helpers import files_in, prepare_source_env
 
 import segdl
 from segdl.cli.main import main
+from segdl.jobs.hashindex import ModelIndex, place_model_copy
 from segdl.jobs.modelfolder import find_existing_model
-from segdl.jobs.modelindex import ModelIndex, place_model_copy
 from segdl.sources.base import DownloadPlan, SourceConfig
 from segdl.sources.modelfiles import (
     ModelFileOptions,

@@ -27,7 +27,7 @@ from ..sources.modelfiles import (
     published_digest,
     write_model_metadata,
 )
-from .modelindex import ModelIndex, place_model_copy
+from .hashindex import ModelIndex, place_model_copy
 
 __all__ = [
     "ExistingModel",
@@ -156,7 +156,7 @@ async def find_existing_model(
 
     A copy in *target_dir* is preferred (nothing to do); otherwise the first copy elsewhere
     is returned, for the caller to name it and link or copy it only when asked
-    (:func:`segdl.io.modelindex.place_model_copy`).  None when the site publishes no sha256,
+    (:func:`segdl.jobs.hashindex.place_model_copy`).  None when the site publishes no sha256,
     or no file has it.
     """
     digest, size, tolerance = published_digest(source)

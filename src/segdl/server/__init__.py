@@ -2,7 +2,9 @@
 
 Layers: :mod:`.wire` (crypto and codecs) and :mod:`.messages` (message shapes) are the
 protocol; :mod:`.outbox` and :mod:`.downloads` the queue, :mod:`.queuefile` what of it survives
-a restart; :mod:`.http` and :mod:`.app` the connections; :mod:`.cli` the command.
+a restart; :mod:`.sessions` (reconnecting clients), :mod:`.uploads` (``chunk``) and
+:mod:`.library` (``options``); :mod:`.http`, :mod:`.framelimit` and :mod:`.app` the
+connections; :mod:`.cli` the command.
 """
 
 from typing import TYPE_CHECKING, Final

@@ -3,8 +3,14 @@
 One nursery for the server (listeners, the download queue), one per connection (trio-websocket's
 reader, our writer).  A connection reads requests and answers through its :class:`Outbox`; the
 writer task drains the outbox, so nothing a client does (or fails to do) ever blocks a
-download or another client.  Requests are handled in order; only ``options`` touches the
-disk, in a worker thread.
+download or another client.  Requests are handled in order; ``options`` and ``chunk`` touch
+the disk, in worker threads.
+
+Each connection is a :class:`~.sessions.Session`: one lost without a closing handshake keeps
+its downloads, uploads and unsent replies for ``reconnect_grace`` seconds, and ``reconnect``
+moves them to a new connection (:mod:`.sessions`).  Uploads (``chunk``) are :mod:`.uploads`.
+A binary message over ``max_message_size`` is cut short below trio-websocket and answered
+with an error (:mod:`.framelimit`).
 
 Besides the protocol's requests (reference sd-protocol.md), segdl's own, each acked first as
 usual.  A download is addressed by the id of the ``download`` request that started it
@@ -36,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import itertools
 import logging
 import math
 import secrets
@@ -49,6 +54,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
+from ..core.clientids import ClientIds
 from ..core.folders import AUTO, model_folder
 from ..engine.options import Options
 from ..errors import DownloadError, redact_url
@@ -62,16 +68,21 @@ from .downloads import (
     RunDownload,
     Subscriber,
 )
+from .framelimit import GuardedStream, MessageSizeGuard
 from .http import ReplayStream, is_websocket_upgrade, read_request_head, respond
 from .library import list_models
 from .outbox import Outbox
 from .queuefile import QUEUE_FILE, read_queue_file
+from .sessions import Session, Sessions
+from .uploads import Uploads
 from .wire import Codec, DecryptError, MalformedMessage, Scheme, decode, encode
 
 __all__ = ["ServeSettings", "ServerInfo", "is_loopback", "serve_segdl"]
 
 log = logging.getLogger("segdl.server")
 
+# RFC 6455 §7.4.1: the code a connection gets when it ended without a closing handshake.
+ABNORMAL_CLOSURE = 1006
 HEAD_TIMEOUT = 10.0  # seconds for a new connection to send its request head
 CLOSE_TIMEOUT = 2.0  # seconds for a closing handshake before the socket is just closed
 MAX_URL = 8192
@@ -85,7 +96,8 @@ class ServeSettings:
     models_dir: Path = Path("models")
     ssl_context: ssl.SSLContext | None = None
     max_concurrent: int = 3
-    max_message_size: int = 8 * 1024 * 1024
+    # qDiffusion sends uploads as 512 KiB chunks, and nothing limits its other messages.
+    max_message_size: int = 64 * 1024 * 1024
     outbox_limit: int = 256
     send_timeout: float = 20.0  # seconds one message may wait for a client to read it
     allowed_origins: tuple[str, ...] = ()
@@ -100,6 +112,13 @@ class ServeSettings:
     # A model already under the models directory (same sha256) in another folder is linked
     # into place instead of downloaded again; otherwise the request fails saying where it is.
     link_existing: bool = False
+    # Seconds a client whose connection was lost (no closing handshake) may take to come
+    # back with ``reconnect``; sd-inference-server waits 60 s.
+    reconnect_grace: float = 60.0
+    # Seconds a connection named by ``reconnect`` has to answer a ping to keep its replies.
+    reconnect_probe_timeout: float = 5.0
+    # The largest model a client may upload; None for no cap.
+    max_upload_size: int | None = 64 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,7 @@ class ServerInfo:
     port: int
     queue: DownloadQueue
     secure: bool
+    uploads: Uploads | None = None
 
     @property
     def url(self) -> str:
@@ -128,10 +148,36 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(eq=False)
 class _Client:
-    id: int
+    session: Session
     ws: WebSocketConnection
     codec: Codec
-    outbox: Outbox
+    guard: MessageSizeGuard
+
+    @property
+    def id(self) -> int:
+        return self.session.id
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.session.outbox
+
+
+@dataclass(eq=False)
+class _WebSocketPeer:
+    """A session's live connection, for :class:`Sessions`."""
+
+    ws: WebSocketConnection
+    scope: trio.CancelScope
+
+    async def answers_ping(self) -> bool:
+        try:
+            await self.ws.ping()
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def drop(self) -> None:
+        self.scope.cancel()
 
 
 async def serve_segdl(
@@ -162,7 +208,8 @@ async def serve_segdl(
         )
         if saved is not None:
             queue.restore(saved)
-        server = _Server(settings, scheme, queue)
+        uploads = Uploads(settings.models_dir, max_size=settings.max_upload_size)
+        server = _Server(settings, scheme, queue, uploads, nursery)
         listeners: list[trio.abc.Listener[Any]] = list(
             await trio.open_tcp_listeners(settings.port, host=settings.host)
         )
@@ -174,18 +221,60 @@ async def serve_segdl(
             ]
         await nursery.start(trio.serve_listeners, server.handle_stream, listeners)
         task_status.started(
-            ServerInfo(settings.host, port, queue, settings.ssl_context is not None)
+            ServerInfo(settings.host, port, queue, settings.ssl_context is not None, uploads)
         )
-        await trio.sleep_forever()
+        try:
+            await trio.sleep_forever()
+        finally:
+            # Half-received uploads never get their end message now: remove their files.
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await uploads.abort_all()
     raise AssertionError("unreachable")
 
 
 class _Server:
-    def __init__(self, settings: ServeSettings, scheme: Scheme, queue: DownloadQueue) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        scheme: Scheme,
+        queue: DownloadQueue,
+        uploads: Uploads,
+        nursery: trio.Nursery,
+    ) -> None:
         self._settings = settings
         self._scheme = scheme
         self._queue = queue
-        self._client_ids = itertools.count(1)
+        self._uploads = uploads
+        self.sessions = Sessions(
+            nursery,
+            # A new key each start: a restarted server's ids follow no earlier order.
+            ClientIds(secrets.token_bytes(32)),
+            move=self._move_session,
+            end=self._end_session,
+            grace=settings.reconnect_grace,
+            probe_timeout=settings.reconnect_probe_timeout,
+        )
+
+    # -- sessions
+
+    def _move_session(self, old: Session, new: Session) -> None:
+        # The old connection's hello is the only message meant for it alone.
+        moved = new.outbox.adopt(old.outbox, keep=lambda message: message["type"] != "hello")
+        downloads = self._queue.transfer(old.outbox, new.outbox)
+        uploads = self._uploads.transfer(old, new)
+        log.info(
+            "client %d took over %d replies, %d downloads and %d uploads of client %d",
+            new.id,
+            moved,
+            downloads,
+            uploads,
+            old.id,
+        )
+
+    async def _end_session(self, session: Session) -> None:
+        self._queue.unsubscribe(session.outbox)
+        session.outbox.close()
+        await self._uploads.abort_owned_by(session)
 
     # -- a connection
 
@@ -205,7 +294,8 @@ class _Server:
                     await respond(stream, head, status=403)
                 return
             codec = Codec.JSON if head.query("codec") == "json" else Codec.BSON
-            await self._websocket(ReplayStream(stream, head.raw), codec)
+            guard = MessageSizeGuard(self._settings.max_message_size, skip=head.head_size)
+            await self._websocket(GuardedStream(ReplayStream(stream, head.raw), guard), codec)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
             pass  # the peer went away (or a TLS handshake failed): nothing to answer
         except Exception:
@@ -225,26 +315,31 @@ class _Server:
             return True
         return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
 
-    async def _websocket(self, stream: trio.abc.Stream, codec: Codec) -> None:
+    async def _websocket(self, stream: GuardedStream, codec: Codec) -> None:
         async with trio.open_nursery() as ws_nursery:
             request = await wrap_server_stream(
                 ws_nursery, stream, max_message_size=self._settings.max_message_size
             )
             ws = await request.accept()
-            client = _Client(
-                next(self._client_ids), ws, codec, Outbox(limit=self._settings.outbox_limit)
-            )
+            peer = _WebSocketPeer(ws, trio.CancelScope())
+            session = self.sessions.open(Outbox(limit=self._settings.outbox_limit), peer)
+            client = _Client(session, ws, codec, stream.guard)
             log.info("client %d connected", client.id)
             client.outbox.put(messages.envelope("hello", {"id": client.id}))
+            said_goodbye = False
             try:
-                async with trio.open_nursery() as tasks:
-                    tasks.start_soon(self._write_loop, client, tasks.cancel_scope)
-                    tasks.start_soon(self._drop_when_overflowing, client, tasks.cancel_scope)
-                    await self._read_loop(client)
-                    tasks.cancel_scope.cancel()
+                with peer.scope:
+                    async with trio.open_nursery() as tasks:
+                        tasks.start_soon(self._write_loop, client, tasks.cancel_scope)
+                        tasks.start_soon(self._drop_when_overflowing, client, tasks.cancel_scope)
+                        said_goodbye = await self._read_loop(client)
+                        tasks.cancel_scope.cancel()
             finally:
-                self._queue.unsubscribe(client.outbox)
-                client.outbox.close()
+                if said_goodbye:
+                    await self.sessions.closed(session)
+                else:
+                    # Its replies wait (reconnect_grace) for the client to come back.
+                    self.sessions.lost(session)
                 reason = "too slow" if client.outbox.overflowed else "bye"
                 # A send cut off midway breaks the stream: then the socket is just closed.
                 broken = contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError)
@@ -275,15 +370,28 @@ class _Server:
         log.warning("client %d reads too slowly: dropping it", client.id)
         done.cancel()
 
-    async def _read_loop(self, client: _Client) -> None:
+    async def _read_loop(self, client: _Client) -> bool:
+        """Read and answer requests; ``True`` when the client ended with a closing
+        handshake, ``False`` when its connection was lost."""
+        number = -1
         while True:
             # Backpressure: a client that sends faster than it reads the answers waits
             # here (its requests stay in the socket) instead of overflowing its outbox.
             await client.outbox.wait_for_room()
             try:
                 data = await client.ws.get_message()
-            except ConnectionClosed:
-                return
+            except ConnectionClosed as exc:
+                return exc.reason is not None and exc.reason.code != ABNORMAL_CLOSURE
+            number += 1
+            size = client.guard.pop_oversized(number)
+            if size is not None:
+                limit = self._settings.max_message_size
+                log.warning("client %d sent a message of %d bytes: refused", client.id, size)
+                # A fixed message, as the protocol's other connection errors; the sizes beside.
+                refusal = messages.error("Message too large")
+                refusal["data"].update(size=size, limit=limit)
+                client.outbox.put(refusal)
+                continue
             if isinstance(data, str):
                 client.outbox.put(messages.error("Invalid request"))
                 continue
@@ -325,7 +433,9 @@ class _Server:
         elif type == "download":
             self._download(client, id, data)
         elif type == "cancel":
-            self._cancel(client, data)
+            await self._cancel(client, data)
+        elif type == "chunk":
+            await self._uploads.handle(client.session, id, data)
         elif type in ("pause", "resume"):
             self._pause_or_resume(client, id, data, pause=type == "pause")
         elif type == "limit":
@@ -336,7 +446,10 @@ class _Server:
             limit = None if overall is None else int(overall)
             put(messages.envelope("downloads", {"downloads": listing, "limit": limit}, id))
         elif type == "reconnect":
-            pass  # nothing is kept per connection that a new one would need
+            # Acked whatever it names; an unknown id changes nothing.
+            old = data.get("id")
+            if _is_id(old):
+                await self.sessions.reconnect(client.session, old)
         else:
             put(messages.error(f"segdl serve only downloads models ({type[:40]!r})", id))
 
@@ -371,11 +484,15 @@ class _Server:
         log.info("client %d asks for %s into %s", client.id, redact_url(url), folder)
         self._queue.submit(request, folder, Subscriber(client.outbox, id))
 
-    def _cancel(self, client: _Client, data: dict[str, Any]) -> None:
+    async def _cancel(self, client: _Client, data: dict[str, Any]) -> None:
         # Unknown ids are ignored, as sd-inference-server does: qDiffusion cancels any request.
         job, _ = self._find_job(client, data)
         if job is not None:
             self._queue.cancel(job)
+            return
+        target = data.get("id")
+        if _is_id(target):
+            await self._uploads.cancel(client.session, target)
 
     def _find_job(self, client: _Client, data: dict[str, Any]) -> tuple[Job | None, bool]:
         """The job *data* addresses, and whether by job id (rather than a request of ours)."""

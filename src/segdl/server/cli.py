@@ -68,6 +68,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "default). Clients can change it with the 'limit' request",
     )
     parser.add_argument(
+        "--max-message-size",
+        default="64M",
+        metavar="SIZE",
+        help="largest protocol message taken (K, M, G; default 64M); a larger one is answered "
+        "with an error. qDiffusion sends 512 KiB upload chunks",
+    )
+    parser.add_argument(
+        "--max-upload-size",
+        default="64G",
+        metavar="SIZE",
+        help="largest model a client may upload (K, M, G; 0: no cap; default 64G)",
+    )
+    parser.add_argument(
+        "--reconnect-grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a client whose connection was lost may take to reconnect and get its "
+        "replies (default 60, as sd-inference-server)",
+    )
+    parser.add_argument(
         "--allow-origin",
         action="append",
         default=[],
@@ -109,6 +130,21 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"segdl: error: --max-overall-download-limit: {exc}", file=sys.stderr)
         return EXIT_BAD_OPTION
     try:
+        max_message_size = parse_size(args.max_message_size)
+        if max_message_size < 1024:
+            raise ValueError("must be at least 1K")
+    except ValueError as exc:
+        print(f"segdl: error: --max-message-size: {exc}", file=sys.stderr)
+        return EXIT_BAD_OPTION
+    try:
+        max_upload_size = parse_size(args.max_upload_size) or None
+    except ValueError as exc:
+        print(f"segdl: error: --max-upload-size: {exc}", file=sys.stderr)
+        return EXIT_BAD_OPTION
+    if not 0 <= args.reconnect_grace <= 86400:
+        print("segdl: error: --reconnect-grace must be 0 to 86400 seconds", file=sys.stderr)
+        return EXIT_BAD_OPTION
+    try:
         context = _ssl_context(args.certfile, args.keyfile) if args.certfile else None
         args.models_dir.mkdir(parents=True, exist_ok=True)
     except (OSError, ssl.SSLError) as exc:
@@ -128,6 +164,9 @@ def run_serve(args: argparse.Namespace) -> int:
         allowed_origins=tuple(args.allow_origin),
         max_overall_download_limit=overall_limit,
         link_existing=args.link_existing,
+        max_message_size=max_message_size,
+        max_upload_size=max_upload_size,
+        reconnect_grace=args.reconnect_grace,
     )
     print("segdl serve: deriving the key…", file=sys.stderr)
     from .wire import Scheme

@@ -328,6 +328,21 @@ class DownloadQueue:
         job.handle.set_limit(rate)
         self._changed()
 
+    def transfer(self, old: Outbox, new: Outbox) -> int:
+        """Send what was *old*'s to *new*, under the same request ids (a client reconnected);
+        returns how many subscriptions moved."""
+        moved = 0
+        for job in self._jobs.values():
+            kept = [s for s in job.subscribers if s.outbox is not old]
+            for subscriber in job.subscribers:
+                if subscriber.outbox is old and not any(
+                    s.outbox is new and s.request_id == subscriber.request_id for s in kept
+                ):
+                    kept.append(Subscriber(new, subscriber.request_id))
+                    moved += 1
+            job.subscribers = kept
+        return moved
+
     def unsubscribe(self, outbox: Outbox) -> None:
         """Forget a client that went away; its downloads go on."""
         for job in self._jobs.values():

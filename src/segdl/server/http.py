@@ -41,6 +41,9 @@ class RequestHead:
     target: str
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     raw: bytes  # every byte received so far, to replay to the WebSocket handshake
+    # How much of ``raw`` is the head itself: what follows is WebSocket frames, which the
+    # message size guard reads (framelimit.py).
+    head_size: int = 0
 
     @property
     def path(self) -> str:
@@ -78,6 +81,7 @@ async def read_request_head(stream: trio.abc.ReceiveStream) -> RequestHead | Non
                 target=event.target.decode("ascii", "replace"),
                 headers=headers,
                 raw=bytes(received),
+                head_size=len(received) - len(parser.trailing_data[0]),
             )
         return None
 

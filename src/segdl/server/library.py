@@ -1,48 +1,43 @@
-"""The ``options`` reply: the model files in the models directory, by folder.
+"""The ``options`` reply: the model files in the models directory, as qDiffusion reads them.
 
-qDiffusion indexes ``UNET``, ``CLIP``, ``VAE`` and ``model_types`` directly, so those are
-always present (reference sd-protocol.md §7).  Names are paths relative to the models
+Which files, and under which keys, is :mod:`segdl.core.listing` (sd-inference-server's
+``storage.py`` rules); this module walks the disk.  Names are paths relative to the models
 directory with ``/`` separators (``SD/foo.safetensors``), as sd-inference-server sends them.
-Unfinished downloads (a file with a ``.aria2`` control file beside it) are not listed.
+Symbolic links to directories are not followed (a loop would never end); linked files are
+listed.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from ..core.folders import FOLDERS
+from ..core.listing import SCANS, FolderScan, build_options, is_model_file
 
 __all__ = ["list_models"]
 
-MODEL_SUFFIXES = frozenset({".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".pkl", ".onnx"})
-CONTROL_SUFFIX = ".aria2"
 
-
-def _files(folder: Path, models_dir: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    names = []
-    for path in folder.rglob("*"):
-        if path.suffix.lower() not in MODEL_SUFFIXES or not path.is_file():
-            continue
-        if path.with_name(path.name + CONTROL_SUFFIX).exists():
-            continue  # still downloading
-        names.append(path.relative_to(models_dir).as_posix())
-    return sorted(names, key=str.lower)
+def _scan(models_dir: Path, folder: str, scan: FolderScan) -> list[tuple[str, str]]:
+    root = models_dir / folder
+    found: list[tuple[str, str]] = []
+    for directory, subdirectories, files in os.walk(root):
+        relative = Path(directory).relative_to(root).parts
+        if not scan.recursive:
+            subdirectories.clear()
+        # Pruned here, so a hidden or "_" tree is never walked at all.
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith((".", "_")))
+        names = set(files)
+        for name in files:
+            if is_model_file(scan, (*relative, name), names):
+                found.append((folder, "/".join((folder, *relative, name))))
+    return found
 
 
 def list_models(models_dir: Path) -> dict[str, Any]:
     """Blocking (it walks the disk): call it in a worker thread."""
-    by_folder = {folder: _files(models_dir / folder, models_dir) for folder in FOLDERS}
-    checkpoints = [n for n in by_folder["SD"] if ".vae." not in n.lower()]
-    vaes = [n for n in by_folder["SD"] if ".vae." in n.lower()] + by_folder["VAE"]
-    return {
-        **by_folder,
-        "UNET": checkpoints,
-        "CLIP": checkpoints,
-        "VAE": vaes,
-        "model_types": dict.fromkeys(by_folder["LoRA"], "LoRA"),
-        "sampler": [],
-        "device": "segdl (downloads only)",
+    found = {
+        kind: [entry for folder in scan.folders for entry in _scan(models_dir, folder, scan)]
+        for kind, scan in SCANS.items()
     }
+    return build_options(found)

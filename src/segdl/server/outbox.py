@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import trio
@@ -26,7 +26,7 @@ class Outbox:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self._limit = limit
-        self._items: OrderedDict[Hashable, Message] = OrderedDict()
+        self._items: OrderedDict[tuple[str, Hashable], Message] = OrderedDict()
         self._serial = itertools.count()
         self._changed = trio.Event()
         self._taken = trio.Event()
@@ -55,6 +55,34 @@ class Outbox:
         key = ("c", coalesce) if coalesce is not None else ("s", next(self._serial))
         self._items[key] = message
         self._changed.set()
+
+    def adopt(self, other: Outbox, *, keep: Callable[[Message], bool] = lambda _: True) -> int:
+        """Move *other*'s queued messages (those *keep* accepts) behind ours, and close it.
+
+        Used when a client reconnects: what its lost connection had not sent yet comes on the
+        new one.  A coalescing message keeps its key, so later progress replaces it in place;
+        where both outboxes hold the same key, ours is the newer and stays.  The moved
+        messages were admitted once already, so they may exceed the limit (the connection
+        then reads no requests until they are sent).  Returns how many were moved.
+        """
+        moved = 0
+        for key, message in other._items.items():
+            if not keep(message):
+                continue
+            if key[0] == "c":
+                if key in self._items:
+                    continue
+            else:
+                key = ("s", next(self._serial))
+            if self.closed:
+                break
+            self._items[key] = message
+            moved += 1
+        other._items.clear()
+        other.close()
+        if moved:
+            self._changed.set()
+        return moved
 
     def close(self) -> None:
         """Accept no more messages; :meth:`get` returns ``None`` once the queue is drained

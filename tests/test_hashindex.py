@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segdl.errors import FileExists
-from segdl.jobs.modelindex import (
+from segdl.jobs.hashindex import (
     CACHE_FILE_NAME,
     ModelIndex,
     find_model_by_sha256,

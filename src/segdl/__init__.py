@@ -5,6 +5,7 @@ The public API lives here; everything else is private to the package's layers:
 (trio orchestration), and the shells ``segdl.cli``.
 """
 
+from ._version import __version__ as __version__
 from .api import DownloadHandle as DownloadHandle
 from .api import DownloadManager as DownloadManager
 from .api import DownloadState as DownloadState
@@ -34,6 +35,7 @@ from .engine.throttle import RateLimit as RateLimit
 from .errors import AuthError as AuthError
 from .errors import BadResponse as BadResponse
 from .errors import ChecksumMismatch as ChecksumMismatch
+from .errors import DestinationRefused as DestinationRefused
 from .errors import DiskError as DiskError
 from .errors import DiskFull as DiskFull
 from .errors import DownloadError as DownloadError
@@ -42,11 +44,11 @@ from .errors import HTTPStatusError as HTTPStatusError
 from .errors import InvalidURL as InvalidURL
 from .errors import NetworkError as NetworkError
 from .errors import NotFound as NotFound
+from .errors import ProxyAuthError as ProxyAuthError
+from .errors import ProxyError as ProxyError
 from .errors import ResumeError as ResumeError
 from .errors import ServerBusy as ServerBusy
 from .errors import Timeout as Timeout
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AuthError",
@@ -56,6 +58,7 @@ __all__ = [
     "Cancelled",
     "Checksum",
     "ChecksumMismatch",
+    "DestinationRefused",
     "DiskError",
     "DiskFull",
     "DownloadError",
@@ -74,6 +77,8 @@ __all__ = [
     "NotFound",
     "Options",
     "Progress",
+    "ProxyAuthError",
+    "ProxyError",
     "RateLimit",
     "ResumeError",
     "RetryPolicy",

@@ -2,11 +2,15 @@
 
     DownloadError                     anything that stopped a download (exit 1)
     ├── InvalidURL                    not an http(s) URL we can fetch (exit 1)
+    │   └── DestinationRefused        a destination the policy forbids: link-local, cloud
+    │                                 metadata, internal addresses for a public server (exit 1)
     ├── NetworkError                  connect/read failed, reset, DNS (exit 6)
-    │   └── Timeout                   connect or idle timeout (exit 2)
+    │   ├── Timeout                   connect or idle timeout (exit 2)
+    │   └── ProxyError                the proxy refused the tunnel or failed (exit 6)
     ├── HTTPStatusError               the server answered with an error status (exit 22)
     │   ├── NotFound                  404 / 410 (exit 3)
     │   ├── AuthError                 401 / 403 (exit 24)
+    │   │   └── ProxyAuthError        the proxy wants (other) credentials: 407, SOCKS (exit 24)
     │   └── ServerBusy                503 / 429 after all retries (exit 29)
     ├── BadResponse                   malformed or inconsistent answer: wrong Content-Range,
     │                                 short body, size disagreeing with the plan (exit 22)
@@ -30,6 +34,7 @@ __all__ = [
     "AuthError",
     "BadResponse",
     "ChecksumMismatch",
+    "DestinationRefused",
     "DiskError",
     "DiskFull",
     "DownloadError",
@@ -38,6 +43,8 @@ __all__ = [
     "InvalidURL",
     "NetworkError",
     "NotFound",
+    "ProxyAuthError",
+    "ProxyError",
     "ResumeError",
     "ServerBusy",
     "Timeout",
@@ -93,12 +100,25 @@ class InvalidURL(DownloadError):
     exit_code = 1
 
 
+class DestinationRefused(InvalidURL):
+    """The destination policy (``segdl serve``) forbids the address a URL leads to."""
+
+    exit_code = 1
+
+
 class NetworkError(DownloadError):
     exit_code = 6
 
 
 class Timeout(NetworkError):
     exit_code = 2
+
+
+class ProxyError(NetworkError):
+    """The proxy failed: unreachable, refused the tunnel, or a SOCKS error.  The message names
+    the proxy as ``scheme://host:port``, never with its credentials."""
+
+    exit_code = 6
 
 
 class HTTPStatusError(DownloadError):
@@ -122,6 +142,12 @@ class NotFound(HTTPStatusError):
 
 
 class AuthError(HTTPStatusError):
+    exit_code = 24
+
+
+class ProxyAuthError(AuthError):
+    """The proxy asks for credentials, or refused the ones in its URL (407, SOCKS auth)."""
+
     exit_code = 24
 
 

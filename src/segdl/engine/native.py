@@ -49,6 +49,7 @@ from ..errors import (
     redact_url,
 )
 from ..io import files
+from ..io.connect import Connector
 from ..io.dataplane import Connection, Endpoint, RemoteChanged, ResponseHead, Transform
 from ..io.probe import ProbeResult
 from ..io.tls import client_context
@@ -102,6 +103,7 @@ def _open_connection(
         connect_timeout=options.connect_timeout,
         read_timeout=options.read_timeout,
         buffer_size=options.buffer_size,
+        connector=Connector(proxies=options.proxies, policy=options.destinations),
     )
 
 

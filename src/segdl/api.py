@@ -31,10 +31,10 @@ from .engine.native import EventSink, download_to_path
 from .engine.options import Options, RetryPolicy
 from .engine.throttle import RateLimit
 from .errors import BadResponse, DownloadError, HTTPStatusError, InvalidURL, redact_url
+from .io.control import open_control_client
 from .io.dataplane import RemoteChanged
 from .io.files import check_writable_dir, remove_sidecars
 from .io.probe import ProbeResult, check_url, probe
-from .io.tls import client_context
 from .sources.base import DownloadPlan, SourceConfig
 from .sources.resolve import check_source_url, resolve_url
 
@@ -58,10 +58,14 @@ def _no_events(event: Event) -> None:
 
 
 def _client(options: Options) -> httpx.AsyncClient:
-    """The control-plane client: resolvers' API calls and the probe."""
-    timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
-    verify = client_context(options.ca_certificate)
-    return httpx.AsyncClient(verify=verify, timeout=timeout, trust_env=False)
+    """The control-plane client: resolvers' API calls and the probe (proxies, policy, TLS)."""
+    return open_control_client(
+        proxies=options.proxies,
+        destinations=options.destinations,
+        ca_certificate=options.ca_certificate,
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+    )
 
 
 async def _probe_sources(

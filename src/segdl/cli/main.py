@@ -26,6 +26,7 @@ from ..errors import DownloadError
 from ..server.cli import add_serve_arguments, run_serve
 from .batchprogress import BatchReporter, BatchView, LiveDisplay
 from .progressbar import ProgressBar, format_bytes
+from .proxyargs import add_proxy_arguments, proxies_from_args
 
 EXIT_OK = 0
 EXIT_UNKNOWN = 1
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("HF_TOKEN"),
         help="Hugging Face token (default: $HF_TOKEN)",
     )
+    add_proxy_arguments(get)
     get.add_argument("--json", action="store_true", help="print one JSON event per line")
     get.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
@@ -235,6 +237,7 @@ def _options_from_args(args: argparse.Namespace) -> Options:
             read_timeout=args.timeout,
             retry=RetryPolicy(max_tries=max(1, args.max_tries)),
             max_download_limit=_rate(args.max_download_limit, "--max-download-limit"),
+            proxies=proxies_from_args(args),
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc

@@ -74,6 +74,7 @@ from ..errors import (
 from ..io import files
 from ..io.dataplane import USER_AGENT
 from ..io.probe import ProbeResult
+from .aria2proxy import aria2_environment, aria2_proxy_conf, check_aria2_proxies
 from .native import EventSink, TargetState, _hash_file, check_existing_file, prepare_target
 from .options import Options
 from .throttle import RateLimit
@@ -211,6 +212,7 @@ async def download_with_aria2c(
     if binary is None:
         raise DownloadError(NOT_INSTALLED)
     _check_headers(probe.headers, probe.url)
+    check_aria2_proxies(options.proxies, [probe.url, *(m.url for m in mirrors)])
     start = await trio.to_thread.run_sync(prepare_target, path, probe, options)
     if start.unverified and options.checksum is not None:
         start = await trio.to_thread.run_sync(check_existing_file, path, probe, options)
@@ -570,6 +572,8 @@ async def _running(argv: list[str]) -> AsyncIterator[_Child]:
         # Not in the terminal's process group: Ctrl-C reaches segdl, which stops aria2c in
         # order (a shutdown that saves the control file), instead of both racing.
         start_new_session=True,
+        # segdl decides the proxies (aria2_proxy_conf); aria2c must not read its own.
+        env=aria2_environment(os.environ),
     )
     child = _Child(process)
     try:
@@ -741,7 +745,9 @@ async def open_aria2c(binary: str, options: Options) -> AsyncIterator[Aria2RPC]:
             conf = workdir / f"aria2-{attempt}.conf"
             log = workdir / f"aria2c-{attempt}.log"
             secret = secrets.token_hex(24)
-            await trio.to_thread.run_sync(_write_private, conf, f"rpc-secret={secret}\n")
+            # The proxies' credentials, like the secret, stay out of argv.
+            text = f"rpc-secret={secret}\n" + aria2_proxy_conf(options.proxies)
+            await trio.to_thread.run_sync(_write_private, conf, text)
             port = _free_port()
             argv = _argv(binary, conf=conf, log=log, port=port, options=options)
             if bundle is not None:

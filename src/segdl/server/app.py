@@ -41,7 +41,7 @@ import logging
 import math
 import secrets
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeGuard
 from urllib.parse import urlsplit
@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
+from ..core.destinations import DestinationPolicy
 from ..core.folders import model_folder
 from ..engine.options import Options
 from ..engine.throttle import RateLimit
@@ -99,6 +100,20 @@ class ServeSettings:
     max_overall_download_limit: int | None = None
     # Keep unfinished downloads in MODELS/.segdl-queue.json and take them up at start.
     persist_queue: bool = True
+    # Private and loopback destinations, refused when listening beyond loopback, are allowed.
+    allow_private_urls: bool = False
+
+    def download_options(self) -> Options:
+        """The downloads' options, with the destination policy (core/destinations.py): what a
+        client may make this machine fetch depends on who can reach the server."""
+        options = self.options or Options()
+        if options.destinations is not None:
+            return options
+        policy = DestinationPolicy.for_server(
+            listens_beyond_loopback=not is_loopback(self.host),
+            allow_private_urls=self.allow_private_urls,
+        )
+        return replace(options, destinations=policy)
 
 
 @dataclass(frozen=True)
@@ -152,7 +167,7 @@ async def serve_segdl(
             nursery,
             settings.models_dir,
             max_concurrent=settings.max_concurrent,
-            options=settings.options,
+            options=settings.download_options(),
             engine=settings.engine,
             download=settings.download,
             overall_limit=RateLimit(settings.max_overall_download_limit or None),

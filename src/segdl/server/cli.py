@@ -69,6 +69,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="a web origin whose pages may connect (repeatable; '*' for any). "
         "The server's own page always may",
     )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let clients download from private and loopback addresses although the server "
+        "listens beyond loopback (link-local and cloud metadata addresses stay refused)",
+    )
+    from ..cli.proxyargs import add_proxy_arguments
+
+    add_proxy_arguments(parser)
 
 
 def _ssl_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
@@ -108,6 +117,14 @@ def run_serve(args: argparse.Namespace) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"segdl: error: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
+    from ..cli.proxyargs import proxies_from_args
+    from ..engine.options import Options
+
+    try:
+        options = Options(proxies=proxies_from_args(args))
+    except ValueError as exc:
+        print(f"segdl: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_OPTION
     warning = startup_warning(args.host, args.password)
     if warning:
         print(f"segdl serve: WARNING: {warning}", file=sys.stderr)
@@ -121,6 +138,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent_downloads,
         allowed_origins=tuple(args.allow_origin),
         max_overall_download_limit=overall_limit,
+        options=options,
+        allow_private_urls=args.allow_private_urls,
     )
     print("segdl serve: deriving the key…", file=sys.stderr)
     from .wire import Scheme

@@ -119,11 +119,11 @@ class AbortSignal:
 
     def _wakeup_socket(self) -> socket.socket:
         with self._lock:
+            if self._aborted:
+                raise _Aborted
             if self._wake is None:
                 self._wake = socket.socketpair()
                 self._wake[0].setblocking(False)
-            if self._aborted:
-                raise _Aborted
             return self._wake[0]
 
     def close(self) -> None:
@@ -350,10 +350,10 @@ def _race(addresses: Sequence[Address], deadline: float, signal: AbortSignal) ->
     pending: dict[socket.socket, Address] = {}
     errors: list[OSError] = []
     selector = selectors.DefaultSelector()
-    wake = signal._wakeup_socket()
-    selector.register(wake, selectors.EVENT_READ)
     winner: socket.socket | None = None
     try:
+        wake = signal._wakeup_socket()
+        selector.register(wake, selectors.EVENT_READ)
         next_start = time.monotonic()
         while True:
             if signal.aborted:
@@ -364,8 +364,13 @@ def _race(addresses: Sequence[Address], deadline: float, signal: AbortSignal) ->
             if queue and (not pending or now >= next_start):
                 family, sockaddr = queue.pop(0)
                 sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                code = sock.connect_ex(sockaddr)
+                try:
+                    sock.setblocking(False)
+                    code = sock.connect_ex(sockaddr)
+                except OSError as exc:
+                    sock.close()
+                    errors.append(exc)
+                    continue
                 if code == 0:
                     winner = sock
                     return sock

@@ -60,7 +60,9 @@ PUBLIC_SERVER = DestinationPolicy.for_server(listens_beyond_loopback=True, allow
 LOOPBACK_SERVER = DestinationPolicy.for_server(
     listens_beyond_loopback=False, allow_private_urls=False
 )
-ALLOWING_SERVER = DestinationPolicy.for_server(listens_beyond_loopback=True, allow_private_urls=True)
+ALLOWING_SERVER = DestinationPolicy.for_server(
+    listens_beyond_loopback=True, allow_private_urls=True
+)
 
 
 @given(address=st.ip_addresses())

@@ -191,9 +191,7 @@ def test_bad_environment_names_the_variable() -> None:
     scheme=st.sampled_from(["http", "https"]),
     host=names,
 )
-def test_no_proxy_star_always_goes_direct(
-    no_proxy: NoProxy | None, scheme: str, host: str
-) -> None:
+def test_no_proxy_star_always_goes_direct(no_proxy: NoProxy | None, scheme: str, host: str) -> None:
     settings = ProxySettings(all_proxy=CORP, no_proxy=no_proxy)
     expected = None if no_proxy is not None else CORP
     assert settings.proxy_for(scheme, host) == expected

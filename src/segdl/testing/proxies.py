@@ -158,7 +158,8 @@ class ProxyProcess:
 
 
 class Tinyproxy(ProxyProcess):
-    """tinyproxy: HTTP forwarding and CONNECT, optional Basic auth (``BasicAuth``)."""
+    """tinyproxy: HTTP forwarding and CONNECT, optional Basic auth (``BasicAuth``);
+    *connect_ports*, when given, are the only ports it opens tunnels to (others: 403)."""
 
     program = "tinyproxy"
 
@@ -168,8 +169,10 @@ class Tinyproxy(ProxyProcess):
         *,
         outgoing: str = "127.0.0.2",
         credentials: tuple[str, str] | None = None,
+        connect_ports: tuple[int, ...] = (),
     ) -> None:
         super().__init__(workdir, outgoing=outgoing, credentials=credentials)
+        self.connect_ports = connect_ports
 
     def prepare(self) -> None:
         lines = [

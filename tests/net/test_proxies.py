@@ -9,6 +9,7 @@ checked there (no request from 127.0.0.1, the direct path), and in the proxy's o
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import logging
 import os
@@ -24,7 +25,9 @@ import trio
 
 import segdl
 import segdl.engine.aria2c as aria2c_engine
+from segdl.core.destinations import DestinationPolicy
 from segdl.core.proxyrules import ProxySettings
+from segdl.core.useragent import USER_AGENT
 from segdl.engine.aria2c import aria2c_available
 from segdl.testing.proxies import Microsocks, ProxyProcess, Squid, Tinyproxy, find_program
 from segdl.testing.rangeserver import RangeServer, Resource
@@ -143,6 +146,7 @@ async def test_https_through_tinyproxy_connect_with_basic_auth(
     )
     assert Path(result.path).read_bytes() == BODY
     assert_all_through(server, proxy)
+    assert {r.headers.get("user-agent") for r in server.requests} == {USER_AGENT}
     tunnels = re.findall(
         rf"Request \(file descriptor \d+\): CONNECT 127\.0\.0\.1:{server.port} ", proxy.log_text()
     )
@@ -199,6 +203,7 @@ async def test_a_site_api_call_goes_through_the_proxy(
         assert api, "no API call was made"
         for server in (fake.site, fake.storage):
             assert {r.peer for r in server.requests} == {proxy.outgoing}
+            assert {r.headers.get("user-agent") for r in server.requests} == {USER_AGENT}
         log = proxy.log_text()
         assert f"GET http://127.0.0.1:{fake.site.port}/api/v1/" in log
         assert f"GET http://127.0.0.1:{fake.storage.port}/" in log
@@ -431,3 +436,35 @@ async def test_aria2c_refuses_socks_in_one_line(
         f"{origin.url('/model.safetensors')}); use --engine native"
     )
     assert_all_through(origin, proxy)  # the probe went through it
+
+
+# ---- the destination policy through a proxy
+
+
+@pytest.mark.parametrize("kind", [Tinyproxy, Microsocks])
+async def test_the_destination_policy_applies_through_proxies(
+    start_proxy: ProxyFactory, origin: RangeServer, tmp_path: Path, kind: type[ProxyProcess]
+) -> None:
+    proxy = start_proxy(kind)
+    strict = dataclasses.replace(
+        options(proxy.url), destinations=DestinationPolicy(allow_internal=False)
+    )
+    for url, words in (
+        ("http://169.254.169.254/latest/meta-data/", "a cloud metadata address"),
+        (origin.url("/model.safetensors"), "a loopback address"),
+    ):
+        with pytest.raises(segdl.DestinationRefused, match=words):
+            await segdl.download(url, tmp_path, options=strict)
+    assert origin.requests == []
+    assert "169.254" not in proxy.log_text()
+    # Where internal addresses are allowed (a server on loopback), the proxy is used.
+    allowed = dataclasses.replace(strict, destinations=DestinationPolicy(allow_internal=True))
+    await segdl.download(origin.url("/model.safetensors"), tmp_path, options=allowed)
+    assert_all_through(origin, proxy)
+
+
+def test_the_user_agent_names_this_version() -> None:
+    assert importlib.metadata.version("segdl") == segdl.__version__
+    assert USER_AGENT.startswith(f"segdl/{segdl.__version__} ")
+    browser_words = ("mozilla", "chrome", "safari", "firefox", "opera", "edge")
+    assert not any(word in USER_AGENT.lower() for word in browser_words)

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -468,3 +469,31 @@ def test_the_user_agent_names_this_version() -> None:
     assert USER_AGENT.startswith(f"segdl/{segdl.__version__} ")
     browser_words = ("mozilla", "chrome", "safari", "firefox", "opera", "edge")
     assert not any(word in USER_AGENT.lower() for word in browser_words)
+
+
+async def test_socks_failures_name_the_proxy(
+    start_proxy: ProxyFactory, origin: RangeServer, tmp_path: Path
+) -> None:
+    proxy = start_proxy(Microsocks, credentials=(USER, PASSWORD))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    quick = dataclasses.replace(options(proxy.url), retry=segdl.RetryPolicy(max_tries=1))
+    with pytest.raises(segdl.ProxyError) as caught:
+        await segdl.download(f"http://127.0.0.1:{port}/x", tmp_path, options=quick)
+    assert str(caught.value) == (
+        f"proxy socks5h://{proxy.address} could not connect to 127.0.0.1:{port}: connection refused"
+    )
+    assert caught.value.exit_code == 6
+    # A proxy that is not there at all.
+    gone = dataclasses.replace(
+        quick,
+        proxies=ProxySettings.from_strings(
+            all_proxy=f"socks5://{USER}:{PASSWORD}@127.0.0.1:{port}"
+        ),
+    )
+    with pytest.raises(segdl.ProxyError) as caught:
+        await segdl.download(origin.url("/model.safetensors"), tmp_path, options=gone)
+    assert str(caught.value) == (
+        f"cannot connect to proxy socks5://127.0.0.1:{port}: Connection refused"
+    )

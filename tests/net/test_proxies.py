@@ -30,16 +30,19 @@ from segdl.core.destinations import DestinationPolicy
 from segdl.core.proxyrules import ProxySettings
 from segdl.core.useragent import USER_AGENT
 from segdl.engine.aria2c import aria2c_available
+from segdl.server import ServeSettings
 from segdl.testing.proxies import Microsocks, ProxyProcess, Squid, Tinyproxy, find_program
 from segdl.testing.rangeserver import RangeServer, Resource
 from segdl.testing.tls import CertPair, make_self_signed, server_context
 
-_SOURCES = Path(__file__).resolve().parents[1] / "sources"
-if str(_SOURCES) not in sys.path:
-    sys.path.append(str(_SOURCES))
+for _folder in ("sources", "server"):
+    _path = str(Path(__file__).resolve().parents[1] / _folder)
+    if _path not in sys.path:
+        sys.path.append(_path)
 
 from fake_civitai import CivitFile, CivitModel, CivitVersion, FakeCivitAI  # noqa: E402
 from helpers import prepare_source_env  # noqa: E402
+from wsclient import open_client, open_server  # noqa: E402
 
 MIB = 1024 * 1024
 BODY = os.urandom(3 * MIB + 12345)
@@ -497,3 +500,31 @@ async def test_socks_failures_name_the_proxy(
     assert str(caught.value) == (
         f"cannot connect to proxy socks5://127.0.0.1:{port}: Connection refused"
     )
+
+
+async def test_the_server_downloads_through_its_proxy_and_keeps_the_password(
+    start_proxy: ProxyFactory, origin: RangeServer, tmp_path: Path
+) -> None:
+    """``segdl serve --all-proxy``: replies, the queue file and the partial hold no password."""
+    proxy = start_proxy(Tinyproxy, credentials=(USER, PASSWORD))
+    origin.rate_limit = 2 * MIB
+    settings = ServeSettings(options=options(proxy.url))
+    models = tmp_path / "models"
+    models.mkdir()
+    with trio.fail_after(60):
+        async with open_server(models, settings) as info, open_client(info.port) as client:
+            id = await client.send(
+                "download", {"type": "SD", "url": origin.url("/model.safetensors")}
+            )
+            seen: list[dict[str, object]] = []
+            while not (models / ".segdl-queue.json").exists() or not any(
+                p.name.endswith(".aria2") for p in (models / "SD").glob("*")
+            ):
+                message = await client.receive()
+                seen.append(message)
+            assert tree_leaks(models) == []
+            replies = await client.download_replies(id)
+    assert replies[-1]["status"] == "success"
+    assert not leaks(json.dumps([*seen, *replies], default=str))
+    assert tree_leaks(models) == []
+    assert_all_through(origin, proxy)

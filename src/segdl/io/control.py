@@ -36,7 +36,7 @@ import trio
 from ..core.destinations import DestinationPolicy
 from ..core.proxyrules import ProxySettings, ProxyURL
 from ..core.useragent import USER_AGENT
-from ..errors import DownloadError
+from ..errors import DestinationRefused, DownloadError, NetworkError, ProxyError, Timeout
 from .connect import AbortSignal, Connector, OpenedSocket, check_destination, proxy_auth_error
 from .connect import proxy_headers as proxy_header_map
 from .tls import client_context
@@ -220,7 +220,16 @@ class ConnectorBackend(httpcore.AsyncNetworkBackend):
             timeout=timeout or DEFAULT_CONNECT_TIMEOUT,
             signal=signal,
         )
-        opened = await _open_in_thread(fn, signal)
+        try:
+            opened = await _open_in_thread(fn, signal)
+        except (ProxyError, DestinationRefused):
+            raise  # already one line naming the proxy or the refused destination
+        except Timeout as exc:
+            # Plain connect failures take httpx's path: httpx_errors words them for the
+            # control plane ("cannot reach HOST: …", "timed out talking to HOST").
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except NetworkError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
         sock = trio.socket.from_stdlib_socket(opened.sock)
         return TrioSocketStream(trio.SocketStream(sock), sock)
 

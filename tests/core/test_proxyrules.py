@@ -78,6 +78,7 @@ def test_bad_proxy_urls_get_one_line_without_credentials(text: str, words: str) 
         ("fd00::/8", "fd12::1", True),
         ("[::1]", "::1", True),
         ("10.0.0.0/8", "ten.example", False),  # names are never resolved to compare
+        ("0", "0.0.0.0", False),  # an address host is compared with address rules only
         ("example.com:8080", "example.com", False),  # ports are not part of curl's rules
         ("", "example.com", False),
         ("a.example b.example,,c.example", "b.example", True),
@@ -87,7 +88,9 @@ def test_no_proxy_examples(rules: str, host: str, direct: bool) -> None:
     assert parse_no_proxy(rules).matches(host) is direct
 
 
-labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+# Labels start with a letter: a host made of digits and dots is an IPv4 address, which curl
+# compares with address rules only ("0" does not match the host "0.0.0.0").
+labels = st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 names = st.lists(labels, min_size=1, max_size=4).map(".".join)
 
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from segdl.core.headers import parse_size
+from segdl.core.sizes import parse_size
 from segdl.testing.nginx import Nginx
 from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
 from segdl.testing.tls import CertPair, make_self_signed

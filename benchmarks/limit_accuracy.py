@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from segdl.core.headers import parse_size
+from segdl.core.sizes import parse_size
 from segdl.testing.nginx import Nginx
 
 

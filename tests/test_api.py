@@ -40,7 +40,7 @@ async def test_manager_limits_concurrency_and_reports_failures_as_data(
                 if isinstance(event, segdl.Started):
                     running.add(n)
                     peak = max(peak, len(running))
-                elif isinstance(event, (segdl.Success, segdl.Error)):
+                elif isinstance(event, (segdl.Success, segdl.Failed)):
                     running.discard(n)
 
             return track

@@ -11,7 +11,7 @@ import trio
 
 import segdl
 from segdl.batch import JobOutcome, check_targets, load_input_file
-from segdl.core.headers import Checksum
+from segdl.core.checksum import Checksum
 from segdl.testing.rangeserver import RangeServer, Resource
 
 KIB = 1024

@@ -21,7 +21,7 @@ from segdl.cli.batchprogress import (
     render_lines,
     summary_lines,
 )
-from segdl.core.events import Cancelled, Error, Metadata, Progress, Started, Success
+from segdl.core.events import Aborted, Failed, Metadata, Progress, Started, Success
 
 MIB = 1024 * 1024
 
@@ -128,9 +128,9 @@ def test_events_move_jobs_between_states() -> None:
     assert not view.apply(0, progress(2, 5))
     assert view.apply(0, Success(path="/x/real.bin", size=5))
     assert view.jobs[0].downloaded == 5
-    assert view.apply(1, Error(message="no", code=3))
+    assert view.apply(1, Failed(message="no", code=3))
     assert view.count(JobState.FAILED) == 1
-    assert view.apply(1, Cancelled())
+    assert view.apply(1, Aborted())
 
 
 class FakeClock:
@@ -216,7 +216,7 @@ def test_reporter_json_lines_carry_the_file_number() -> None:
     out, err = io.StringIO(), io.StringIO()
     report = BatchReporter(json_lines=True, quiet=False, stdout=out, stderr=err)
     report(0, Started(filename="a.bin", size=1))
-    report(2, Error(message="HTTP 404", code=3))
+    report(2, Failed(message="HTTP 404", code=3))
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert lines == [
         {"type": "started", "filename": "a.bin", "size": 1, "path": None, "download": 1},

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from segdl.core.headers import Checksum
+from segdl.core.checksum import Checksum
 from segdl.core.inputfile import (
     InputEntry,
     InputFileError,

@@ -19,15 +19,16 @@ from .batch import JobOutcome as JobOutcome
 from .batch import download_batch as download_batch
 from .batch import download_batch_sync as download_batch_sync
 from .batch import load_input_file as load_input_file
-from .core.events import Cancelled as Cancelled
-from .core.events import Error as Error
+from .core.checksum import Checksum as Checksum
+from .core.checksum import parse_checksum as parse_checksum
+from .core.events import Aborted as Aborted
 from .core.events import Event as Event
+from .core.events import Failed as Failed
 from .core.events import Metadata as Metadata
 from .core.events import Progress as Progress
 from .core.events import Started as Started
 from .core.events import Success as Success
-from .core.headers import Checksum as Checksum
-from .core.headers import parse_checksum as parse_checksum
+from .core.events import deprecated_name as _deprecated_event
 from .core.inputfile import InputFileError as InputFileError
 from .engine.options import Options as Options
 from .engine.options import RetryPolicy as RetryPolicy
@@ -46,16 +47,17 @@ from .errors import NetworkError as NetworkError
 from .errors import NotFound as NotFound
 from .errors import ProxyAuthError as ProxyAuthError
 from .errors import ProxyError as ProxyError
+from .errors import RemoteChanged as RemoteChanged
 from .errors import ResumeError as ResumeError
 from .errors import ServerBusy as ServerBusy
 from .errors import Timeout as Timeout
 
 __all__ = [
+    "Aborted",
     "AuthError",
     "BadResponse",
     "BatchJob",
     "BatchResult",
-    "Cancelled",
     "Checksum",
     "ChecksumMismatch",
     "DestinationRefused",
@@ -65,8 +67,8 @@ __all__ = [
     "DownloadHandle",
     "DownloadManager",
     "DownloadState",
-    "Error",
     "Event",
+    "Failed",
     "FileExists",
     "HTTPStatusError",
     "InputFileError",
@@ -80,6 +82,7 @@ __all__ = [
     "ProxyAuthError",
     "ProxyError",
     "RateLimit",
+    "RemoteChanged",
     "ResumeError",
     "RetryPolicy",
     "ServerBusy",
@@ -95,3 +98,9 @@ __all__ = [
     "open_manager",
     "parse_checksum",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # segdl.Error and segdl.Cancelled were events with exception-like names (now Failed and
+    # Aborted): kept for one release, with a DeprecationWarning.
+    return _deprecated_event(__name__, name)

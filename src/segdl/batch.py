@@ -22,16 +22,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Unpack
 
 import trio
 
-from .api import download
+from .api import blocking, download
+from .core.checksum import Checksum
 from .core.events import Event, Success
-from .core.headers import Checksum
 from .core.inputfile import MAX_CONNECTIONS, InputEntry, parse_input_file
 from .engine.options import Options
-from .engine.throttle import RateLimit
 from .errors import DownloadError
+from .jobs.request import CommonArgs
 
 __all__ = [
     "BatchEventSink",
@@ -143,12 +144,8 @@ class JobOutcome:
 @dataclass(frozen=True, slots=True)
 class _Settings:
     max_concurrent: int
-    options: Options
-    engine: str
     on_event: BatchEventSink | None
-    limits: tuple[RateLimit, ...]
-    civitai_token: str | None
-    hf_token: str | None
+    common: CommonArgs  # for every job's request
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,12 +230,8 @@ async def download_batch(
     jobs: Iterable[BatchJob | str],
     *,
     max_concurrent: int = 5,
-    options: Options | None = None,
-    engine: str = "native",
     on_event: BatchEventSink | None = None,
-    limits: Sequence[RateLimit] = (),
-    civitai_token: str | None = None,
-    hf_token: str | None = None,
+    **common: Unpack[CommonArgs],
 ) -> BatchResult:
     """Download every job, at most *max_concurrent* at a time, in the order given.
 
@@ -262,15 +255,7 @@ async def download_batch(
     if max_concurrent < 1:
         raise ValueError("max_concurrent must be at least 1")
     check_targets(batch)
-    settings = _Settings(
-        max_concurrent=max_concurrent,
-        options=options or Options(),
-        engine=engine,
-        on_event=on_event,
-        limits=tuple(limits),
-        civitai_token=civitai_token,
-        hf_token=hf_token,
-    )
+    settings = _Settings(max_concurrent=max_concurrent, on_event=on_event, common=common)
     outcomes = await _run_jobs(list(enumerate(batch)), settings, first_order=1)
     return BatchResult(tuple(outcomes[index] for index in range(len(batch))), settings)
 
@@ -325,52 +310,19 @@ async def _run_job(
     started = trio.current_time()
     result: Success | None = None
     error: DownloadError | None = None
+    args = settings.common.copy()
+    args["options"] = job.options_for(args.get("options") or Options())
     try:
-        result = await download(
-            job.urls,
-            job.directory,
-            out=job.out,
-            options=job.options_for(settings.options),
-            engine=settings.engine,
-            on_event=emit,
-            civitai_token=settings.civitai_token,
-            hf_token=settings.hf_token,
-            limits=settings.limits,
-        )
+        result = await download(job.urls, job.directory, out=job.out, on_event=emit, **args)
     except DownloadError as exc:
         error = exc
     elapsed = trio.current_time() - started
     return JobOutcome(index, job, result, error, elapsed, next(orders))
 
 
-def download_batch_sync(
-    jobs: Iterable[BatchJob | str],
-    *,
-    max_concurrent: int = 5,
-    options: Options | None = None,
-    engine: str = "native",
-    on_event: BatchEventSink | None = None,
-    limits: Sequence[RateLimit] = (),
-    civitai_token: str | None = None,
-    hf_token: str | None = None,
-) -> BatchResult:
-    """:func:`download_batch` for code that is not running trio: blocks until done.
-
-    Retry the failures with ``download_batch_sync(result.failed_jobs(), …)``.
-    """
-    return trio.run(
-        partial(
-            download_batch,
-            jobs,
-            max_concurrent=max_concurrent,
-            options=options,
-            engine=engine,
-            on_event=on_event,
-            limits=limits,
-            civitai_token=civitai_token,
-            hf_token=hf_token,
-        )
-    )
+download_batch_sync = blocking(download_batch)
+download_batch_sync.__doc__ = """:func:`download_batch` for code that is not running trio: blocks
+until done.  Retry the failures with ``download_batch_sync(result.failed_jobs(), …)``."""
 
 
 def load_input_file(

@@ -13,7 +13,9 @@
     │   │   └── ProxyAuthError        the proxy wants (other) credentials: 407, SOCKS (exit 24)
     │   └── ServerBusy                503 / 429 after all retries (exit 29)
     ├── BadResponse                   malformed or inconsistent answer: wrong Content-Range,
-    │                                 short body, size disagreeing with the plan (exit 22)
+    │   │                             short body, size disagreeing with the plan (exit 22)
+    │   └── RemoteChanged             the server now serves another version of the file (new
+    │                                 ETag, Last-Modified or size): the download restarts
     ├── ResumeError                   the partial file cannot be continued safely (exit 8)
     ├── FileExists                    the target exists and may not be replaced (exit 13)
     ├── DiskError                     could not create/write/allocate the file (exit 17)
@@ -45,6 +47,7 @@ __all__ = [
     "NotFound",
     "ProxyAuthError",
     "ProxyError",
+    "RemoteChanged",
     "ResumeError",
     "ServerBusy",
     "Timeout",
@@ -157,6 +160,12 @@ class ServerBusy(HTTPStatusError):
 
 class BadResponse(DownloadError):
     exit_code = 22
+
+
+class RemoteChanged(BadResponse):
+    """The server now serves a different version of the file (ETag, Last-Modified or size
+    changed): the partial belongs to the old one.  The download flow restarts from a new probe
+    rather than mix versions; raised to the user only when the file keeps changing."""
 
 
 class ResumeError(DownloadError):

@@ -9,22 +9,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from segdl.core.checksum import Checksum, parse_checksum
 from segdl.core.headers import (
-    Checksum,
     ContentRange,
     HeaderError,
     choose_filename,
     filename_from_url,
     format_open_range,
     format_range,
-    parse_checksum,
     parse_content_disposition_filename,
     parse_content_length,
     parse_content_range,
     parse_retry_after,
-    parse_size,
     sanitize_filename,
 )
+from segdl.core.sizes import parse_size
 
 # --------------------------------------------------------------------------------------------
 # Content-Range

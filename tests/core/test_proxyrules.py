@@ -54,7 +54,8 @@ def test_bad_proxy_urls_get_one_line_without_credentials(text: str, words: str) 
     message = str(caught.value)
     assert words in message
     assert message.startswith("HTTPS_PROXY: ")
-    assert "hunter2" not in message and "\n" not in message
+    assert "hunter2" not in message
+    assert "\n" not in message
 
 
 # ---- no_proxy: curl's documented examples
@@ -124,7 +125,8 @@ def test_a_cidr_rule_is_a_bitmask_comparison(
 @given(address=st.ip_addresses(v=6))
 def test_ipv6_hosts_match_with_or_without_brackets(address: ipaddress.IPv6Address) -> None:
     rule = parse_no_proxy(f"{address}/128")
-    assert rule.matches(str(address)) and rule.matches(f"[{address}]")
+    assert rule.matches(str(address))
+    assert rule.matches(f"[{address}]")
 
 
 # ---- the choice

@@ -12,7 +12,7 @@ import pathlib
 import signal
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 import httpx
@@ -23,9 +23,14 @@ import segdl
 import segdl.engine.aria2c as aria2c_engine
 from segdl.core.controlfile import ControlFile
 from segdl.core.events import Event, Progress, Started
-from segdl.engine.aria2c import aria2c_available, download_with_aria2c, error_from_status
-from segdl.engine.native import download_to_path, pieces_from_control
+from segdl.core.resume import pieces_from_control
+from segdl.core.urls import HttpURL
+from segdl.engine.aria2c import Aria2cEngine, aria2c_available, error_from_status
+from segdl.engine.base import EventSink
+from segdl.engine.native import NativeEngine
+from segdl.engine.throttle import RateLimit
 from segdl.io.probe import ProbeResult, probe
+from segdl.jobs.flow import fetch_probed
 from segdl.testing.processes import child_processes
 from segdl.testing.rangeserver import Fault, RangeServer, Resource
 from segdl.testing.tls import CertPair, client_context, server_context
@@ -58,7 +63,28 @@ def _need_aria2c() -> None:
 
 async def probe_url(url: str, headers: dict[str, str] | None = None) -> ProbeResult:
     async with httpx.AsyncClient(trust_env=False) as client:
-        return await probe(client, url, headers=headers)
+        return await probe(client, HttpURL.parse(url), headers=headers)
+
+
+async def download_with_aria2c(
+    probed: ProbeResult,
+    path: pathlib.Path,
+    options: segdl.Options,
+    emit: EventSink,
+    *,
+    limits: Sequence[RateLimit] = (),
+    mirrors: Sequence[ProbeResult] = (),
+) -> segdl.Success:
+    """Open the target, run the aria2c engine, finish: the download flow after its probe."""
+    return await fetch_probed(
+        probed, path, options, emit, engine=Aria2cEngine(), limits=limits, mirrors=mirrors
+    )
+
+
+async def download_to_path(
+    probed: ProbeResult, path: pathlib.Path, options: segdl.Options, emit: EventSink
+) -> segdl.Success:
+    return await fetch_probed(probed, path, options, emit, engine=NativeEngine())
 
 
 def cmdline(pid: int) -> list[str]:
@@ -528,7 +554,7 @@ async def test_https_with_extra_ca_certificate(tls_pair: CertPair, tmp_path: pat
     with RangeServer(tls=server_context(tls_pair)) as server:
         server.add("/model.safetensors", Resource(body=BODY))
         async with httpx.AsyncClient(verify=client_context(tls_pair)) as client:
-            probed = await probe(client, server.url("/model.safetensors"))
+            probed = await probe(client, HttpURL.parse(server.url("/model.safetensors")))
         options = replace(FAST, ca_certificate=str(tls_pair.certfile))
         await download_with_aria2c(probed, tmp_path / "m.bin", options, lambda event: None)
         assert sha(tmp_path / "m.bin") == SHA

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import segdl
-from segdl.engine import native
+from segdl.engine import mirrors
 from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
 
 MIB = 1024 * 1024
@@ -115,7 +115,7 @@ async def test_a_much_slower_mirror_is_dropped(
 ) -> None:
     """Without the drop, the slow mirror's last pieces (never split while being read) would
     take half a minute at 32 KiB/s each; with it, the fast mirror finishes them."""
-    monkeypatch.setattr(native, "SLOW_MIRROR_WINDOW", 0.5)
+    monkeypatch.setattr(mirrors, "SLOW_MIRROR_WINDOW", 0.5)
     range_server.rate_limit = 1 * MIB
     mirror.rate_limit = 32 * 1024
     for server in (range_server, mirror):

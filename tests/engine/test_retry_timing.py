@@ -19,11 +19,14 @@ import trio.testing
 
 from segdl.core.events import Event, Progress
 from segdl.core.headers import ContentRange
-from segdl.engine.native import ConnectionLike, download_to_path
+from segdl.core.responses import ResponseHead
+from segdl.core.urls import HttpURL
+from segdl.engine.native import ConnectionLike, NativeEngine
 from segdl.engine.options import Options, RetryPolicy
 from segdl.errors import DownloadError, NetworkError, NotFound, ServerBusy
-from segdl.io.dataplane import Endpoint, ResponseHead, Transform
+from segdl.io.dataplane import Endpoint, Transform
 from segdl.io.probe import ProbeResult
+from segdl.jobs.flow import fetch_probed
 
 MIB = 1024 * 1024
 BODY = os.urandom(3 * MIB + 12345)
@@ -103,7 +106,9 @@ def factory(script: Script) -> Callable[..., ConnectionLike]:
     return connect
 
 
-PROBE = ProbeResult(url="http://fake.test/x.bin", size=len(BODY), accepts_ranges=True)
+PROBE = ProbeResult(
+    url=HttpURL.parse("http://fake.test/x.bin"), size=len(BODY), accepts_ranges=True
+)
 
 
 async def fetch(
@@ -114,9 +119,8 @@ async def fetch(
         connections=connections, split=connections, retry=RetryPolicy(max_tries=max_tries)
     )
     start = trio.current_time()
-    result = await download_to_path(
-        PROBE, tmp_path / "x.bin", options, events.append, connect=factory(script)
-    )
+    engine = NativeEngine(connect=factory(script))
+    result = await fetch_probed(PROBE, tmp_path / "x.bin", options, events.append, engine=engine)
     assert (
         hashlib.sha256((tmp_path / "x.bin").read_bytes()).hexdigest()
         == hashlib.sha256(BODY).hexdigest()

@@ -217,7 +217,8 @@ def test_an_abort_from_another_thread_ends_the_connect(monkeypatch: pytest.Monke
         signal.abort()
         thread.join(10)
         assert not thread.is_alive(), "the connect ignored the abort"
-        assert len(outcome) == 1 and str(outcome[0]) == "connection aborted"
+        assert len(outcome) == 1
+        assert str(outcome[0]) == "connection aborted"
 
 
 # ---- the destination policy at the connector
@@ -243,7 +244,7 @@ def test_metadata_names_are_refused_before_any_lookup(monkeypatch: pytest.Monkey
         raise AssertionError("looked up")
 
     monkeypatch.setattr(connect_module, "getaddrinfo", no_lookup)
-    with pytest.raises(DestinationRefused, match="metadata.google.internal"):
+    with pytest.raises(DestinationRefused, match=r"metadata\.google\.internal"):
         Connector(policy=LOOPBACK_SERVER).open("http", "metadata.google.internal", 80, timeout=5)
 
 

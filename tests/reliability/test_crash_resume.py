@@ -616,7 +616,7 @@ mutations = st.one_of(
 
 
 def verdict(damaged: bytes, partial: Partial) -> str:
-    """What segdl can make of a damaged control file (as ``prepare_target`` reads it)."""
+    """What segdl can make of a damaged control file (as ``open_target`` reads it)."""
     try:
         control = ControlFile.decode(damaged)
     except ControlFileError:

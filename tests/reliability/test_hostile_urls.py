@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import segdl
-from segdl.io.probe import MAX_URL_LENGTH
+from segdl.core.urls import MAX_URL_LENGTH
 
 PASSWORD = "pw-H7q2zX"
 TOKEN = "tok-Zp93Kd"
@@ -263,7 +263,7 @@ async def test_hostile_urls_fail_cleanly_and_send_nothing_injected(
         assert not leaked(message), message
         assert not message.startswith("internal error"), message
         assert files_under(target) == set()
-        assert isinstance(events[-1], segdl.Error)
+        assert isinstance(events[-1], segdl.Failed)
         if must_be_refused(url):
             assert isinstance(error, segdl.InvalidURL), (url, message)
             assert sent == []

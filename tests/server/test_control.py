@@ -22,9 +22,9 @@ from wsclient import MIB, ProtocolClient, open_client, open_server
 
 from segdl.core.controlfile import ControlFile
 from segdl.core.events import Event, Started, Success
-from segdl.engine.native import pieces_from_control
+from segdl.core.resume import pieces_from_control
 from segdl.engine.options import Options
-from segdl.engine.throttle import RateLimit
+from segdl.jobs.request import DownloadRequest
 from segdl.server import ServeSettings
 from segdl.server.app import MAX_RATE, parse_rate
 from segdl.server.cli import add_serve_arguments, run_serve
@@ -389,32 +389,21 @@ async def test_an_existing_file_it_cannot_verify_is_explained_without_cli_advice
 async def test_a_replacement_download_function_is_called(tmp_path: Path) -> None:
     calls: list[dict[str, Any]] = []
 
-    async def fake(
-        url: str,
-        directory: str | os.PathLike[str],
-        *,
-        options: Options | None = None,
-        engine: str = "native",
-        on_event: Callable[[Event], None] | None = None,
-        civitai_token: str | None = None,
-        hf_token: str | None = None,
-        limits: Sequence[RateLimit] = (),
-    ) -> Success:
-        calls.append({"url": url})
-        path = Path(directory) / "fake.bin"
+    async def fake(request: DownloadRequest, emit: Callable[[Event], None]) -> Success:
+        calls.append({"url": request.source.url, "directory": request.directory})
+        path = request.directory / "fake.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
-        if on_event:
-            on_event(Started(filename="fake.bin", size=1))
+        emit(Started(filename="fake.bin", size=1))
         await trio.lowlevel.checkpoint()
         return Success(path=str(path), size=1, sha256=None)
 
-    settings = ServeSettings(download=fake)
+    settings = ServeSettings(run=fake)
     with trio.fail_after(20):
         async with open_server(tmp_path, settings) as info, open_client(info.port) as client:
             id = await request(client, "download", {"type": "SD", "url": "http://127.0.0.1:9/f"})
             assert (await final_reply(client, id))["status"] == "success"
-    assert calls == [{"url": "http://127.0.0.1:9/f"}]
+    assert calls == [{"url": "http://127.0.0.1:9/f", "directory": tmp_path / "SD"}]
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -173,7 +173,7 @@ async def test_no_token_is_an_auth_error_and_nothing_is_saved(
     assert "logged in" in str(info.value)
     assert files_in(source_env) == []
     assert not civitai.storage.requests
-    errors = events.of(segdl.Error)
+    errors = events.of(segdl.Failed)
     assert len(errors) == 1
 
 

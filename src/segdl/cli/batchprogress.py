@@ -20,7 +20,7 @@ from enum import Enum
 from typing import TextIO
 
 from ..batch import BatchJob, BatchResult
-from ..core.events import Cancelled, Error, Event, Metadata, Progress, Started, Success
+from ..core.events import Aborted, Event, Failed, Metadata, Progress, Started, Success
 from ..core.headers import filename_from_url
 from ..errors import redact_url
 from .progressbar import format_bytes, format_eta
@@ -95,9 +95,9 @@ class BatchView:
         elif isinstance(event, Success):
             job.size = event.size
             job.state = JobState.DONE
-        elif isinstance(event, Error):
+        elif isinstance(event, Failed):
             job.state = JobState.FAILED
-        elif isinstance(event, Cancelled):
+        elif isinstance(event, Aborted):
             job.state = JobState.CANCELLED
         return job.state is not before
 
@@ -356,7 +356,7 @@ class BatchReporter:
             if event.sha256:
                 line += f" sha256={event.sha256}"
             self._print(line, self.stdout)
-        elif isinstance(event, Error):
+        elif isinstance(event, Failed):
             self._print(f"segdl: error: #{index + 1}: {event.message}", self.stderr)
 
     def _print(self, line: str, stream: TextIO) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..api import download_sync
 from ..core.events import Event
-from ..core.headers import parse_size
+from ..core.sizes import parse_size
 from ..engine.options import Options
 from ..testing.rangeserver import RangeServer, Resource
 from .progressbar import ProgressBar, format_bytes

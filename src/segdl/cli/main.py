@@ -16,10 +16,11 @@ from typing import NoReturn, TextIO
 import trio
 
 from ..batch import BatchJob, BatchResult, check_targets, download_batch, load_input_file
-from ..core.events import Error, Event, Success
+from ..core.checksum import Checksum, parse_checksum
+from ..core.events import Event, Failed, Success
 from ..core.folders import model_folder
-from ..core.headers import Checksum, parse_checksum, parse_size
 from ..core.inputfile import InputFileError
+from ..core.sizes import parse_size
 from ..engine.options import Options, RetryPolicy
 from ..engine.throttle import RateLimit
 from ..errors import DownloadError
@@ -190,7 +191,7 @@ class _Reporter:
             if event.sha256:
                 line += f" sha256={event.sha256}"
             print(line, file=self.stdout, flush=True)
-        elif isinstance(event, Error) and self.bar is not None:
+        elif isinstance(event, Failed) and self.bar is not None:
             self.bar.clear()
 
 

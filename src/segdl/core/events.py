@@ -1,18 +1,22 @@
 """Typed download events: what the library callback, ``--json`` and the server send.
 
-The names and fields are the contract in DESIGN.md "Events".  ``to_dict()`` gives the wire
-form: ``{"type": "progress", "progress": 0.5, …}``.
+The fields and the wire ``type`` values are the contract in DESIGN.md "Events".  ``to_dict()``
+gives the wire form: ``{"type": "progress", "progress": 0.5, …}``.  The class names say they
+are events: a failure is :class:`Failed` (wire type ``error``) and a stop is :class:`Aborted`
+(wire type ``cancelled``), so nobody writes ``except segdl.Error`` expecting an exception.
+The old names ``Error`` and ``Cancelled`` still work, with a DeprecationWarning, for one release.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar, Literal
 
 __all__ = [
-    "Cancelled",
-    "Error",
+    "Aborted",
     "Event",
+    "Failed",
     "Metadata",
     "Progress",
     "Started",
@@ -67,15 +71,35 @@ class Success(_EventBase):
 
 
 @dataclass(frozen=True, slots=True)
-class Error(_EventBase):
+class Failed(_EventBase):
     type: ClassVar[Literal["error"]] = "error"
     message: str
     code: int
 
 
 @dataclass(frozen=True, slots=True)
-class Cancelled(_EventBase):
+class Aborted(_EventBase):
     type: ClassVar[Literal["cancelled"]] = "cancelled"
 
 
-Event = Started | Metadata | Progress | Success | Error | Cancelled
+Event = Started | Metadata | Progress | Success | Failed | Aborted
+
+_DEPRECATED = {"Error": Failed, "Cancelled": Aborted}
+
+
+def deprecated_name(module: str, name: str) -> type[_EventBase]:
+    """The event class behind an old name, with a warning (used by this module and segdl)."""
+    try:
+        cls = _DEPRECATED[name]
+    except KeyError:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
+    warnings.warn(
+        f"{module}.{name} is deprecated: the event is now {module}.{cls.__name__}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return cls
+
+
+def __getattr__(name: str) -> type[_EventBase]:
+    return deprecated_name(__name__, name)

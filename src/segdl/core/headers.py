@@ -8,7 +8,6 @@ network layers only move bytes and every rule is tested on its own:
 * ``Retry-After`` — RFC 9110 §10.2.3, delta-seconds or an HTTP-date (§5.6.7).
 * ``Content-Disposition`` — RFC 6266, with RFC 8187 extended parameters (``filename*``), and
   the file name chosen from it or from the URL path (RFC 3986 §3.3), made safe to create.
-* aria2-style option values: sizes (``-k 1M``) and checksums (``--checksum=sha-256=…``).
 
 Pure: stdlib only, no sockets, no clock (``now`` is passed in), no file system.
 """
@@ -24,20 +23,18 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 __all__ = [
     "MAX_NAME_BYTES",
     "MAX_PARTIAL_NAME_BYTES",
-    "Checksum",
     "ContentRange",
     "HeaderError",
     "choose_filename",
     "filename_from_url",
     "format_open_range",
     "format_range",
-    "parse_checksum",
     "parse_content_disposition_filename",
     "parse_content_length",
     "parse_content_range",
     "parse_retry_after",
-    "parse_size",
     "sanitize_filename",
+    "shown",
 ]
 
 
@@ -45,7 +42,7 @@ class HeaderError(ValueError):
     """A header value could not be parsed."""
 
 
-def _shown(text: str, limit: int = 80) -> str:
+def shown(text: str, limit: int = 80) -> str:
     """``repr`` of *text* for an error message, cut short so one bad value stays one line."""
     if len(text) > limit:
         return repr(text[:limit]) + "…"
@@ -94,7 +91,7 @@ class ContentRange:
 
 def _bounded_int(digits: str, what: str, value: str) -> int:
     if len(digits) > _MAX_DIGITS:
-        raise HeaderError(f"{what} has too many digits in {_shown(value)}")
+        raise HeaderError(f"{what} has too many digits in {shown(value)}")
     return int(digits)
 
 
@@ -116,20 +113,20 @@ def parse_content_range(value: str) -> ContentRange:
     match = _CONTENT_RANGE.fullmatch(text)
     if match is None:
         if _UNSATISFIED_RANGE.fullmatch(text):
-            raise HeaderError(f"unsatisfied-range Content-Range {_shown(value)} carries no body")
-        raise HeaderError(f"malformed Content-Range {_shown(value)}")
+            raise HeaderError(f"unsatisfied-range Content-Range {shown(value)} carries no body")
+        raise HeaderError(f"malformed Content-Range {shown(value)}")
     unit, first_s, last_s, complete_s = match.groups()
     # RFC 9110 §14.1: range units are compared case-insensitively; only "bytes" is defined.
     if unit.lower() != "bytes":
-        raise HeaderError(f"unsupported range unit in Content-Range {_shown(value)}")
+        raise HeaderError(f"unsupported range unit in Content-Range {shown(value)}")
     first = _bounded_int(first_s, "first-pos", value)
     last = _bounded_int(last_s, "last-pos", value)
     complete = None if complete_s == "*" else _bounded_int(complete_s, "complete-length", value)
     # RFC 9110 §14.4: a last-pos before first-pos, or at/after complete-length, is invalid.
     if last < first:
-        raise HeaderError(f"Content-Range ends before it starts: {_shown(value)}")
+        raise HeaderError(f"Content-Range ends before it starts: {shown(value)}")
     if complete is not None and last >= complete:
-        raise HeaderError(f"Content-Range goes past the complete length: {_shown(value)}")
+        raise HeaderError(f"Content-Range goes past the complete length: {shown(value)}")
     return ContentRange(first=first, last=last, complete_length=complete)
 
 
@@ -194,12 +191,12 @@ def parse_content_length(values: list[str]) -> int | None:
             if not item:
                 continue
             if not _DIGITS.fullmatch(item):
-                raise HeaderError(f"invalid Content-Length {_shown(line)}")
+                raise HeaderError(f"invalid Content-Length {shown(line)}")
             lengths.add(_bounded_int(item, "Content-Length", line))
     if not lengths:
-        raise HeaderError(f"empty Content-Length {_shown(', '.join(values))}")
+        raise HeaderError(f"empty Content-Length {shown(', '.join(values))}")
     if len(lengths) > 1:
-        raise HeaderError(f"conflicting Content-Length values {_shown(', '.join(values))}")
+        raise HeaderError(f"conflicting Content-Length values {shown(', '.join(values))}")
     return lengths.pop()
 
 
@@ -540,99 +537,3 @@ def choose_filename(
             if cleaned:
                 return cleaned
     return sanitize_filename(fallback, max_bytes=max_bytes)
-
-
-# --------------------------------------------------------------------------------------------
-# aria2-style option values
-# --------------------------------------------------------------------------------------------
-
-# aria2 reads "K" and "M" (any case) as binary multiples; "G" and the IEC spellings are
-# accepted too because people type them.
-_SIZE_UNITS: dict[str, int] = {
-    "": 1,
-    "k": 1024,
-    "kib": 1024,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-}
-_SIZE = re.compile(r"([0-9]{1,20})(?:\.([0-9]{0,20}))?[ \t]*([A-Za-z]*)")
-_MAX_SIZE = 2**63 - 1  # what a file offset can hold
-
-
-def parse_size(text: str) -> int:
-    """Parse an aria2-style size such as ``"1048576"``, ``"1M"``, ``"1.5M"`` or ``"2GiB"``.
-
-    Units are binary: ``K``/``KiB`` = 1024, ``M``/``MiB`` = 1024², ``G``/``GiB`` = 1024³, in
-    any case.  A fractional value is rounded down to whole bytes.
-
-    Raises:
-        ValueError: ``invalid size '…'`` for anything else, negative numbers included.
-    """
-    match = _SIZE.fullmatch(text.strip())
-    unit = match.group(3).lower() if match else ""
-    if match is None or unit not in _SIZE_UNITS:
-        raise ValueError(
-            f"invalid size {_shown(text)}: expected a number with an optional unit "
-            "K, M, G, KiB, MiB or GiB"
-        )
-    whole, fraction = match.group(1), match.group(2) or ""
-    # Integer arithmetic keeps "1.1G" exact where a float would round the wrong way.
-    scale: int = 10 ** len(fraction)
-    size = (int(whole) * scale + int(fraction or "0")) * _SIZE_UNITS[unit] // scale
-    if size > _MAX_SIZE:
-        raise ValueError(f"invalid size {_shown(text)}: too large")
-    return size
-
-
-# aria2 --checksum TYPE names → (hashlib name, hex digits in a digest).
-_CHECKSUM_TYPES = {
-    "md5": ("md5", 32),
-    "sha-1": ("sha1", 40),
-    "sha-224": ("sha224", 56),
-    "sha-256": ("sha256", 64),
-    "sha-384": ("sha384", 96),
-    "sha-512": ("sha512", 128),
-}
-_HEX = re.compile(r"[0-9a-fA-F]+")
-
-
-@dataclass(frozen=True, slots=True)
-class Checksum:
-    """An expected digest of the finished file."""
-
-    algorithm: str  # hashlib name, e.g. "sha256"
-    hexdigest: str  # lowercase
-
-
-def parse_checksum(text: str) -> Checksum:
-    """Parse an aria2 ``--checksum`` value, ``TYPE=HEXDIGEST``.
-
-    TYPE is ``md5``, ``sha-1``, ``sha-224``, ``sha-256``, ``sha-384`` or ``sha-512``, in any
-    case and with or without the dash (``sha256=…``).
-
-    Raises:
-        ValueError: a one-line message naming what is wrong (format, type, hex, length).
-    """
-    kind, sep, digest = text.strip().partition("=")
-    if not sep:
-        raise ValueError(f"invalid checksum {_shown(text)}: expected TYPE=HEXDIGEST")
-    key = kind.strip().lower()
-    if key.startswith("sha") and not key.startswith("sha-"):
-        key = "sha-" + key[3:]
-    if key not in _CHECKSUM_TYPES:
-        known = ", ".join(_CHECKSUM_TYPES)
-        raise ValueError(
-            f"unsupported checksum type {_shown(kind.strip())}: expected one of {known}"
-        )
-    algorithm, digits = _CHECKSUM_TYPES[key]
-    digest = digest.strip()
-    if not _HEX.fullmatch(digest):
-        raise ValueError(f"invalid checksum {_shown(text)}: the digest must be hexadecimal")
-    if len(digest) != digits:
-        raise ValueError(
-            f"invalid checksum {_shown(text)}: a {key} digest has {digits} hex digits, "
-            f"not {len(digest)}"
-        )
-    return Checksum(algorithm=algorithm, hexdigest=digest.lower())

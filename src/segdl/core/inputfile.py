@@ -30,7 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from .headers import Checksum, parse_checksum, parse_size
+from .checksum import Checksum, parse_checksum
+from .sizes import parse_size
 
 __all__ = [
     "OPTION_NAMES",

@@ -1,8 +1,8 @@
 """The aria2c engine: a private aria2c process driven over JSON-RPC on a loopback WebSocket.
 
-The file decisions (resume, restart, complete, exists) are the native engine's
-:func:`~segdl.engine.native.prepare_target`, so both engines treat a partial alike; the
-sidecar is aria2's own control file, which is why a download may change engine between runs.
+The file decisions (resume, restart, complete, exists) are made before any engine runs
+(:mod:`segdl.engine.target`), so both engines treat a partial alike; the sidecar is aria2's
+own control file, which is why a download may change engine between runs.
 
 One aria2c per download, started with ``--enable-rpc`` on a free 127.0.0.1 port.  What must
 stay private never reaches argv, which any local user can read (``/proc/PID/cmdline``): the RPC
@@ -51,8 +51,8 @@ from pathlib import Path
 import trio
 import trio_websocket
 
-from ..core.events import Progress, Started, Success
-from ..core.headers import Checksum
+from ..core.checksum import Checksum
+from ..core.events import Progress
 from ..core.progress import MIB, RateMeter
 from ..errors import (
     AuthError,
@@ -71,15 +71,15 @@ from ..errors import (
     redact_url,
     status_error,
 )
-from ..io import files
 from ..io.dataplane import USER_AGENT
 from ..io.probe import ProbeResult
 from .aria2proxy import aria2_environment, aria2_proxy_conf, check_aria2_proxies
-from .native import EventSink, TargetState, _hash_file, check_existing_file, prepare_target
+from .base import Transfer, TransferResult
 from .options import Options
+from .target import Target
 from .throttle import RateLimit
 
-__all__ = ["aria2c_available", "download_with_aria2c", "find_aria2c"]
+__all__ = ["Aria2cEngine", "aria2c_available", "find_aria2c"]
 
 NOT_INSTALLED = "aria2c engine requested but aria2c is not installed (apt-get install aria2)"
 
@@ -193,78 +193,36 @@ def error_from_status(code: int, message: str, *, url: str) -> DownloadError:
 # -- the engine -----------------------------------------------------------------------------
 
 
-async def download_with_aria2c(
-    probe: ProbeResult,
-    path: Path,
-    options: Options,
-    emit: EventSink,
-    *,
-    limits: Sequence[RateLimit] = (),
-    mirrors: Sequence[ProbeResult] = (),
-) -> Success:
-    """Download what *probe* describes into *path* with aria2c, resuming what can be resumed.
+class Aria2cEngine:
+    """Drives an installed aria2c over its RPC; the same contract as the native engine:
+    the same events, :class:`~segdl.errors.DownloadError` on failure, and on cancellation
+    aria2c is stopped and the partial file and its control file stay."""
 
-    The contract is :func:`~segdl.engine.native.download_to_path`'s: the same events, the
-    same :class:`Success`, :class:`~segdl.errors.DownloadError` on failure, and on
-    cancellation aria2c is stopped and the partial file and its control file stay.
-    """
-    binary = find_aria2c()
-    if binary is None:
-        raise DownloadError(NOT_INSTALLED)
-    _check_headers(probe.headers, probe.url)
-    check_aria2_proxies(options.proxies, [probe.url, *(m.url for m in mirrors)])
-    start = await trio.to_thread.run_sync(prepare_target, path, probe, options)
-    if start.unverified and options.checksum is not None:
-        start = await trio.to_thread.run_sync(check_existing_file, path, probe, options)
-    emit(Started(filename=path.name, size=probe.size, path=str(path)))
-    verified = False
-    if start.complete:
-        emit(
-            Progress(
-                progress=1.0,
-                rate=0.0,
-                eta=0.0,
-                downloaded=start.resumed_bytes,
-                total=start.resumed_bytes,
-                connections=0,
+    name = "aria2c"
+
+    def check(self, transfer_needs_transform: bool) -> None:
+        if not aria2c_available():
+            raise DownloadError(NOT_INSTALLED)
+        if transfer_needs_transform:
+            raise DownloadError(
+                "the aria2c engine cannot download files that are decrypted chunk by chunk "
+                "(MEGA); use --engine native"
             )
-        )
-    else:
-        async with open_aria2c(binary, options) as aria2:
+
+    async def transfer(self, job: Transfer) -> TransferResult:
+        binary = find_aria2c()
+        if binary is None:
+            raise DownloadError(NOT_INSTALLED)
+        probe = job.probe
+        _check_headers(probe.headers, probe.url)
+        check_aria2_proxies(job.options.proxies, [probe.url, *(m.url for m in job.mirrors)])
+        async with open_aria2c(binary, job.options) as aria2:
             # aria2c spreads connections over several URIs itself, but sends one set of
             # headers to all of them: only mirrors wanting exactly the same headers join.
-            uris = [probe.url, *(m.url for m in mirrors if m.headers == probe.headers)]
-            await _run_download(aria2, probe, uris, path, options, emit, start, limits)
+            uris = [probe.url, *(m.url for m in job.mirrors if m.headers == probe.headers)]
+            await _run_download(aria2, job, uris)
         # aria2c checked --checksum itself before it reported the download complete.
-        verified = options.checksum is not None
-    digest = await _digest(path, probe, options, verified=verified)
-    await trio.to_thread.run_sync(files.remove_sidecars, path)
-    size = await trio.to_thread.run_sync(lambda: path.stat().st_size)
-    return Success(path=str(path), size=size, sha256=digest)
-
-
-async def _digest(
-    path: Path, probe: ProbeResult, options: Options, *, verified: bool
-) -> str | None:
-    checksum = options.checksum
-    if checksum is not None and checksum.algorithm == "sha256" and verified:
-        return checksum.hexdigest
-    if checksum is None or verified:
-        if not options.compute_sha256:
-            return None
-        return await trio.to_thread.run_sync(_hash_file, path, "sha256")
-    digest = await trio.to_thread.run_sync(_hash_file, path, checksum.algorithm)
-    if digest != checksum.hexdigest:
-        raise ChecksumMismatch(
-            f"checksum mismatch for {path.name}: expected {checksum.algorithm} "
-            f"{checksum.hexdigest}, got {digest}",
-            url=probe.url,
-        )
-    if checksum.algorithm == "sha256":
-        return digest
-    if options.compute_sha256:
-        return await trio.to_thread.run_sync(_hash_file, path, "sha256")
-    return None
+        return TransferResult(checksum_verified=job.options.checksum is not None)
 
 
 def _check_headers(headers: Mapping[str, str], url: str) -> None:
@@ -277,7 +235,7 @@ def _check_headers(headers: Mapping[str, str], url: str) -> None:
 
 
 def download_options(
-    probe: ProbeResult, path: Path, options: Options, start: TargetState
+    probe: ProbeResult, path: Path, options: Options, start: Target
 ) -> dict[str, str | list[str]]:
     """``aria2.addUri``'s per-download options for this download (all values strings)."""
     piece_length = start.pieces.piece_length if start.pieces is not None else options.piece_length
@@ -293,7 +251,7 @@ def download_options(
         "max-tries": str(options.retry.max_tries),
         "timeout": str(_seconds(options.read_timeout)),
         "connect-timeout": str(_seconds(options.connect_timeout)),
-        # prepare_target has decided, and -c is its business: a control file beside the
+        # open_target has decided, and -c is its business: a control file beside the
         # file means resume (aria2 does without -c); it wrote one for a -c prefix too.  With
         # no control file the file is preallocated to full size for a fresh start, which
         # aria2's -c would take for a finished download.
@@ -302,7 +260,7 @@ def download_options(
         "auto-file-renaming": "false",
         "always-resume": "true",
         "max-resume-failure-tries": "0",
-        "file-allocation": "none",  # prepare_target allocated the file
+        "file-allocation": "none",  # open_target allocated the file
         "remote-time": "false",
         "conditional-get": "false",
         "http-accept-gzip": "false",
@@ -333,20 +291,13 @@ def _seconds(value: float) -> int:
     return min(600, max(1, math.ceil(value)))
 
 
-async def _run_download(
-    aria2: Aria2RPC,
-    probe: ProbeResult,
-    uris: list[str],
-    path: Path,
-    options: Options,
-    emit: EventSink,
-    start: TargetState,
-    limits: Sequence[RateLimit],
-) -> None:
+async def _run_download(aria2: Aria2RPC, job: Transfer, uris: Sequence[str]) -> None:
+    probe, start, options, emit, limits = job.probe, job.target, job.options, job.emit, job.limits
+    path = start.path
     add_options = download_options(probe, path, options, start)
     applied_limit = _aria2_limit(options, limits)
     add_options["max-download-limit"] = str(applied_limit)
-    gid = await aria2.add_uri(uris, add_options)
+    gid = await aria2.add_uri([str(u) for u in uris], add_options)
     meter = RateMeter(total=probe.size, start_bytes=start.resumed_bytes, now=trio.current_time())
     while True:
         status = await aria2.tell_status(gid)

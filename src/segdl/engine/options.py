@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..core.checksum import Checksum
 from ..core.destinations import DestinationPolicy
-from ..core.headers import Checksum
 from ..core.proxyrules import ProxySettings
 
 __all__ = ["MIB", "Options", "RetryPolicy", "environment_proxies"]

@@ -30,33 +30,31 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import h11
 
 from ..core.headers import (
-    ContentRange,
     HeaderError,
     format_range,
     parse_content_range,
     parse_retry_after,
 )
 from ..core.proxyrules import ProxyURL
+from ..core.responses import ResponseHead
+from ..core.urls import HttpURL
 from ..core.useragent import USER_AGENT
 from ..errors import (
     BadResponse,
     DiskError,
     DiskFull,
     DownloadError,
-    InvalidURL,
     NetworkError,
     Timeout,
-    redact_url,
     status_error,
 )
 from .connect import AbortSignal, Connector, proxy_auth_error, proxy_headers
 
-__all__ = ["USER_AGENT", "Connection", "Endpoint", "RemoteChanged", "ResponseHead"]
+__all__ = ["USER_AGENT", "Connection", "Endpoint"]
 
 # One splice moves at most a pipe's capacity; 1 MiB is Linux's default pipe-max-size.
 PIPE_SIZE = 1024 * 1024
@@ -70,59 +68,25 @@ _HEAD_LIMIT = 64 * 1024
 Transform = Callable[[memoryview, int], None]
 
 
-class RemoteChanged(BadResponse):
-    """The server now serves a different version of the file (ETag/size changed)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where a URL's bytes come from: scheme, host, port and request target."""
 
-    url: str
+    url: HttpURL
     scheme: str
     host: str
     port: int
     target: str
 
     @classmethod
-    def from_url(cls, url: str) -> Endpoint:
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise InvalidURL(f"invalid URL: {redact_url(url)}", url=url) from exc
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidURL(f"unsupported URL: {redact_url(url)}", url=url)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        default = 443 if parts.scheme == "https" else 80
-        return cls(url, parts.scheme, parts.hostname, port or default, target)
+    def from_url(cls, url: HttpURL) -> Endpoint:
+        return cls(url, url.scheme, url.host, url.port, url.target)
 
     @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
-    status: int
-    reason: str
-    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
-    content_length: int | None
-    content_range: ContentRange | None
-    chunked: bool
-    keep_alive: bool
-
-    @property
-    def etag(self) -> str | None:
-        return self.headers.get("etag")
-
-    @property
-    def last_modified(self) -> str | None:
-        return self.headers.get("last-modified")
 
 
 class Connection:

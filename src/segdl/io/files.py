@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from ..core.controlfile import ControlFile, ControlFileError
+from ..core.resume import Validators
 from ..errors import DiskError, DiskFull
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "check_free_space",
     "check_writable_dir",
     "fsync_file",
+    "hash_file",
     "open_data_file",
     "read_control",
     "read_validators",
@@ -35,31 +37,6 @@ __all__ = [
 
 VALIDATORS_SUFFIX = ".segdl"
 CONTROL_SUFFIX = ".aria2"
-
-
-@dataclass(frozen=True, slots=True)
-class Validators:
-    """What identifies the remote version a partial file came from."""
-
-    url: str
-    size: int | None
-    etag: str | None
-    last_modified: str | None
-
-    def matches(self, other: Validators) -> bool:
-        """Same remote file?  Only fields both sides know are compared."""
-        if self.size != other.size:
-            return False
-        if self.etag and other.etag:
-            # Weak and strong forms of one tag name the same version for our purpose.
-            return _opaque(self.etag) == _opaque(other.etag)
-        if self.last_modified and other.last_modified:
-            return self.last_modified == other.last_modified
-        return True
-
-
-def _opaque(etag: str) -> str:
-    return etag.removeprefix("W/")
 
 
 def control_path(path: Path) -> Path:
@@ -256,7 +233,7 @@ def write_control(path: Path, control: ControlFile) -> None:
     try:
         raw = _load_validators_json(path)
     except (OSError, ValueError):
-        return  # no validators to seal into (prepare_target writes them first)
+        return  # no validators to seal into (open_target writes them first)
     raw["control_sha256"] = hashlib.sha256(data).hexdigest()
     try:
         raw["control_mtime_ns"] = target.stat().st_mtime_ns
@@ -316,6 +293,20 @@ def _optional_text(value: object, name: str) -> str | None:
 def write_validators(path: Path, validators: Validators) -> None:
     data = json.dumps({"version": 1, **asdict(validators)}, indent=1).encode()
     write_atomic(validators_path(path), data)
+
+
+def hash_file(path: Path, algorithm: str) -> str:
+    """The hex digest of the file at *path* (a hashlib algorithm name)."""
+    h = hashlib.new(algorithm)
+    buf = bytearray(4 * 1024 * 1024)
+    view = memoryview(buf)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                h.update(view[:n])
+    except OSError as exc:
+        raise disk_error(exc, f"cannot read {path}") from exc
+    return h.hexdigest()
 
 
 def remove_sidecars(path: Path) -> None:

@@ -6,7 +6,7 @@ origin (RFC 9110 §15.4 leaves that to the client; httpx drops only ``Authorizat
 From the final answer it learns the size (``Content-Range`` of a 206, else
 ``Content-Length`` of a 200), whether ranges work, the validators and a filename.
 
-Before anything is sent, :func:`check_url` refuses what no request line may carry; the URL's
+URLs come checked (:class:`~segdl.core.urls.HttpURL`), and so is every redirect's; the URL's
 ``user:password@`` becomes a Basic ``Authorization`` header, under the same rules as a
 token's; and the result's URL is ASCII, as the data plane sends it.  httpx's own request log
 shows segdl's URLs without their query (signed URLs and pasted tokens are credentials).
@@ -18,7 +18,6 @@ import base64
 import logging
 import re
 import ssl
-import unicodedata
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,6 +32,7 @@ from ..core.headers import (
     parse_content_range,
     parse_retry_after,
 )
+from ..core.urls import HttpURL
 from ..errors import (
     BadResponse,
     InvalidURL,
@@ -44,7 +44,6 @@ from ..errors import (
 
 __all__ = [
     "ProbeResult",
-    "check_url",
     "httpx_errors",
     "probe",
     "same_origin",
@@ -58,7 +57,7 @@ SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization",
 
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
-    url: str  # final URL after redirects
+    url: HttpURL  # final URL after redirects
     size: int | None
     accepts_ranges: bool
     etag: str | None = None
@@ -66,91 +65,6 @@ class ProbeResult:
     content_disposition: str | None = None  # raw header; the name is chosen by the caller
     content_type: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # what the data plane must send
-
-
-def check_url(url: str) -> str:
-    """Reject what is not an http(s) URL with a host, with one clear line.
-
-    Also refused, before anything is sent: characters no request line may carry (controls,
-    DEL, spaces and Unicode line separators, which would also split the error message) and
-    host names the resolver cannot encode (an empty or over-long label, RFC 1035 §2.3.4).
-    Messages show the URL only as :func:`_display` does, never its credentials.
-    """
-    if len(url) > MAX_URL_LENGTH:
-        raise InvalidURL(f"URL is too long ({len(url)} characters)", url=None)
-    if any(_unsafe_char(c) for c in url):
-        shown = "".join("?" if _unsafe_char(c) else c for c in _display(url))
-        raise InvalidURL(f"URL contains spaces or control characters: {shown}", url=url)
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        # Not urlsplit's words: they quote the "port", which may be half a password
-        # ("http://user:pa/ss@host/").
-        what = "port" if "port" in str(exc).lower() else "address"
-        raise InvalidURL(f"invalid URL: bad {what} in {_display(url)}", url=url) from exc
-    if parts.scheme.lower() not in ("http", "https"):
-        scheme = parts.scheme or "none"
-        # Only the scheme: what follows an unknown one ("user:secret@host") is not known
-        # to be a path.
-        raise InvalidURL(
-            f"unsupported URL scheme {scheme[:20]!r}: only http and https URLs", url=url
-        )
-    if not parts.hostname:
-        raise InvalidURL(f"URL has no host: {_display(url)}", url=url)
-    if not _valid_host(parts.hostname):
-        raise InvalidURL(f"invalid host name in {_display(url)}", url=url)
-    return url
-
-
-def _display(url: str) -> str:
-    """*url* for a message: :func:`redact_url`, or only its scheme when it has no host (then
-    what follows may be credentials, as in ``http:user:secret@host``)."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018
-    except ValueError:
-        return "<invalid URL>"
-    if not parts.hostname:
-        return f"{parts.scheme[:20] or '?'}:…"
-    shown = redact_url(url)
-    return shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 1] + "…"
-
-
-_MAX_SHOWN = 200
-
-
-MAX_URL_LENGTH = 16384
-_MAX_HOST = 253  # RFC 1035 §2.3.4, without the trailing dot
-_MAX_LABEL = 63
-# Bidi embeddings, overrides and isolates: they make a URL (and a message) read differently
-# from what it is.
-_BIDI_CONTROLS = frozenset(
-    chr(c) for c in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-)
-
-
-def _unsafe_char(char: str) -> bool:
-    if char.isascii():
-        return char <= " " or char == "\x7f"  # C0 controls, space, DEL
-    # Cc: C1 controls; Zs, Zl, Zp: every other space and the line/paragraph separators;
-    # Cs: a lone surrogate, which no encoding (of a request line, or of a message) can carry.
-    return char in _BIDI_CONTROLS or unicodedata.category(char) in _UNSAFE_CATEGORIES
-
-
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cs", "Zs", "Zl", "Zp"})
-
-
-def _valid_host(host: str) -> bool:
-    """Can the resolver encode *host*?  IP literals always; names label by label (IDNA)."""
-    if ":" in host:  # an IPv6 literal (urlsplit dropped the brackets)
-        return True
-    try:
-        encoded = host.encode("idna")
-    except UnicodeError:
-        return False
-    labels = encoded.rstrip(b".").split(b".")
-    return len(encoded) <= _MAX_HOST and all(0 < len(label) <= _MAX_LABEL for label in labels)
 
 
 # httpx logs every request's URL, query and all, at INFO ("HTTP Request: GET …"), and httpcore
@@ -222,13 +136,12 @@ def strip_credentials(headers: Mapping[str, str]) -> dict[str, str]:
 
 async def probe(
     client: httpx.AsyncClient,
-    url: str,
+    url: HttpURL,
     *,
     headers: Mapping[str, str] | None = None,
     now: float = 0.0,
 ) -> ProbeResult:
     """Probe *url*; the result's ``headers`` are safe to send to the final URL."""
-    check_url(url)
     sent = dict(headers or {})
     current = _take_userinfo(url, sent)
     for _ in range(MAX_REDIRECTS + 1):
@@ -242,7 +155,7 @@ async def probe(
         if not current.isascii():
             # The data plane sends the URL as it is, and a request line is ASCII: use the
             # form httpx sent (RFC 3986 §2.1 percent-encoding of the UTF-8 bytes).
-            current = str(request.url)
+            current = HttpURL.parse(str(request.url))
         try:
             if response.is_redirect:
                 location = response.headers.get("location")
@@ -251,10 +164,9 @@ async def probe(
                         f"redirect without Location from {_host(current)}", url=current
                     )
                 target = urljoin(current, location)
-                check_url(target)
                 if not same_origin(current, target):
                     sent = strip_credentials(sent)
-                current = _take_userinfo(target, sent)
+                current = _take_userinfo(HttpURL.parse(target), sent)
                 continue
             return _result(response, current, sent, now=now)
         finally:
@@ -262,7 +174,7 @@ async def probe(
     raise BadResponse(f"too many redirects (over {MAX_REDIRECTS}) from {redact_url(url)}", url=url)
 
 
-def _take_userinfo(url: str, headers: dict[str, str]) -> str:
+def _take_userinfo(url: HttpURL, headers: dict[str, str]) -> HttpURL:
     """*url* without ``user:password@``, which becomes a Basic ``Authorization`` in *headers*.
 
     As a header the credentials follow the same rules as a token's: dropped when a redirect
@@ -277,11 +189,11 @@ def _take_userinfo(url: str, headers: dict[str, str]) -> str:
         # RFC 7617 §2: user-id ":" password, UTF-8 (the charset RFC 7617 §2.1 allows).
         pair = f"{unquote(user)}:{unquote(password)}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    return urlunsplit(parts._replace(netloc=host))
+    return HttpURL(urlunsplit(parts._replace(netloc=host)))
 
 
 def _result(
-    response: httpx.Response, url: str, headers: dict[str, str], *, now: float
+    response: httpx.Response, url: HttpURL, headers: dict[str, str], *, now: float
 ) -> ProbeResult:
     status = response.status_code
     h = response.headers

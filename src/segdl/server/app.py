@@ -52,18 +52,15 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 from ..core.destinations import DestinationPolicy
 from ..core.folders import model_folder
 from ..engine.options import Options
-from ..engine.throttle import RateLimit
 from ..errors import DownloadError, redact_url
-from ..sources.base import SourceConfig
-from ..sources.resolve import check_source_url
 from . import messages
 from .downloads import (
-    ENDED,
-    DownloadFunction,
+    FINAL_STATES,
     DownloadQueue,
     Job,
     JobError,
     JobState,
+    RunDownload,
     Subscriber,
 )
 from .http import ReplayStream, is_websocket_upgrade, read_request_head, respond
@@ -95,7 +92,8 @@ class ServeSettings:
     allowed_origins: tuple[str, ...] = ()
     options: Options | None = None
     engine: str = "native"
-    download: DownloadFunction | None = field(default=None, compare=False)
+    # What runs one download (the library's flow; tests put a fake here).
+    run: RunDownload | None = field(default=None, compare=False)
     # Bytes a second for all downloads together; None (or 0) for no limit.
     max_overall_download_limit: int | None = None
     # Keep unfinished downloads in MODELS/.segdl-queue.json and take them up at start.
@@ -169,8 +167,8 @@ async def serve_segdl(
             max_concurrent=settings.max_concurrent,
             options=settings.download_options(),
             engine=settings.engine,
-            download=settings.download,
-            overall_limit=RateLimit(settings.max_overall_download_limit or None),
+            run=settings.run,
+            overall_limit=settings.max_overall_download_limit or None,
             queue_file=queue_file,
         )
         if saved is not None:
@@ -363,12 +361,6 @@ class _Server:
             client.outbox.put(messages.download_error(id, "the URL is too long"))
             return
         try:
-            # http(s), or a site's short form its resolver understands (hf://…).
-            check_source_url(url, SourceConfig.from_env())
-        except DownloadError as exc:
-            client.outbox.put(messages.download_error(id, str(exc)))
-            return
-        try:
             folder = model_folder(data.get("type", ""))
         except ValueError as exc:
             client.outbox.put(messages.download_error(id, str(exc)))
@@ -376,14 +368,16 @@ class _Server:
         civitai_token = _token(data.get("civitai_token"))
         # Before 2024 qDiffusion sent a single ``token``, for Hugging Face (sd-protocol.md §5).
         hf_token = _token(data.get("hf_token")) or _token(data.get("token"))
+        try:
+            # Built here, once: http(s), or a site's short form its resolver understands.
+            request = self._queue.request(
+                url, folder, civitai_token=civitai_token, hf_token=hf_token
+            )
+        except DownloadError as exc:
+            client.outbox.put(messages.download_error(id, str(exc)))
+            return
         log.info("client %d asks for %s into %s", client.id, redact_url(url), folder)
-        self._queue.submit(
-            url,
-            folder,
-            Subscriber(client.outbox, id),
-            civitai_token=civitai_token,
-            hf_token=hf_token,
-        )
+        self._queue.submit(request, folder, Subscriber(client.outbox, id))
 
     def _cancel(self, client: _Client, data: dict[str, Any]) -> None:
         # Unknown ids are ignored, as sd-inference-server does: qDiffusion cancels any request.
@@ -414,7 +408,7 @@ class _Server:
                 message = "no such download"
             client.outbox.put(messages.error(message, id))
             return None
-        if job.state in ENDED:
+        if job.state in FINAL_STATES:
             client.outbox.put(
                 messages.error(f"download {job.id} has already ended ({job.state.value})", id)
             )
@@ -462,7 +456,7 @@ class _Server:
             else:
                 self._queue.set_limit(job, rate)
                 log.info("download %d limit: %s", job.id, "none" if rate is None else f"{rate} B/s")
-        limit = self._queue.overall_limit if job is None else job.limit
+        limit = self._queue.overall_limit if job is None else job.handle.limit
         effective = None if limit.rate is None else int(limit.rate)
         client.outbox.put(messages.limit(id, effective, None if job is None else job.id))
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..core.headers import parse_size
+from ..core.sizes import parse_size
 from . import DEFAULT_PASSWORD
 
 if TYPE_CHECKING:

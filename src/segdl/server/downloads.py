@@ -1,99 +1,67 @@
-"""The server's download queue: ids, states, a concurrency limit, shared downloads, fan-out.
+"""The server's download queue: the library's manager, plus what only the server has.
 
-Each download (a :class:`Job`) runs :func:`segdl.download` in the server's nursery under a
-cancel scope of its own run, at most ``max_concurrent`` at a time.  Every request for it is a
-:class:`Subscriber` (a client's outbox and the request's id); events go to every subscriber
-without waiting, so a client never slows a download.  The same URL into the same folder asked
-again while the first is unfinished joins it.  A client going away only drops its
-subscriptions: the download goes on.
+Running, queueing, pausing, resuming, cancelling and limiting downloads is the
+:class:`~segdl.jobs.manager.DownloadManager`'s, as for any library user (its states are the
+server's ``downloads`` states).  Kept here is what belongs to the server:
 
-States::
-
-      queued ───▶ running ───▶ done | failed
-       │  ▲          │
- pause │  │ resume   │ pause
-       ▼  │          │
-      paused ◀───────┘         (queued, running or paused) ── cancel ──▶ cancelled
-
-Pausing cancels the run for real (no connection, no slot; the partial file and its control
-file stay) and every subscriber is told ``paused`` once it has stopped; resuming queues a new
-run, which continues from the control file.  Every connection of a download passes through
-two rate limits (:class:`~segdl.engine.throttle.RateLimit`): the server's overall one and the
-job's own.
-
-Unfinished jobs are kept in the queue file (:mod:`.queuefile`), rewritten in a worker thread
-after every change, so a restarted server takes them up again.
+* **subscribers**: every request for a download is a :class:`Subscriber` (a client's outbox
+  and the request's id); each event goes to every subscriber without waiting, so a client never
+  slows a download, and a client that joins late is brought up to date (replay).  The same URL
+  into the same folder asked again while the first is unfinished joins it; a client going away
+  only drops its subscriptions, the download goes on;
+* the **replies** in the protocol's shapes (:mod:`.messages`), progress as the engine emits it
+  (about two a second; a slow client's outbox keeps only the latest);
+* the **queue file** (:mod:`.queuefile`): unfinished jobs, rewritten in a worker thread after
+  every change, so a restarted server takes them up again.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
-import os
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import trio
 
-from ..core.events import Event, Metadata, Progress, Started, Success
+from ..core.events import Event, Metadata, Progress, Started
 from ..engine.options import Options
-from ..engine.throttle import RateLimit
 from ..errors import DownloadError, FileExists, redact_url
+from ..jobs.manager import (
+    FINAL_STATES,
+    UNFINISHED_STATES,
+    Change,
+    DownloadHandle,
+    DownloadManager,
+    DownloadState,
+    RunDownload,
+)
+from ..jobs.request import DownloadRequest, build_request
 from . import messages
 from .outbox import Message, Outbox
 from .queuefile import SavedJob, SavedQueue, SavedState, strip_secrets, write_queue_file
 
 __all__ = [
-    "DownloadFunction",
+    "FINAL_STATES",
     "DownloadQueue",
     "Job",
     "JobError",
     "JobState",
+    "RunDownload",
     "Subscriber",
 ]
 
 log = logging.getLogger("segdl.server")
 
-# At most about two progress messages a second per download (as sd-inference-server).
-PROGRESS_INTERVAL = 0.5
 # Finished downloads kept for the ``downloads`` listing.
 HISTORY = 100
-# Seconds a run that is being stopped may take to save its control file, and the queue file
-# may take to be written when the server stops.
+# Seconds the queue file may take to be written when the server stops.
 CLEANUP_TIMEOUT = 10.0
 
-
-class DownloadFunction(Protocol):
-    """:func:`segdl.download`'s shape, as the queue calls it."""
-
-    def __call__(
-        self,
-        url: str,
-        directory: str | os.PathLike[str],
-        *,
-        options: Options | None = ...,
-        engine: str = ...,
-        on_event: Callable[[Event], None] | None = ...,
-        civitai_token: str | None = ...,
-        hf_token: str | None = ...,
-        limits: Sequence[RateLimit] = ...,
-    ) -> Awaitable[Success]: ...
-
-
-class JobState(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSED = "paused"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
+# One state machine: the manager's.
+JobState = DownloadState
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
-UNFINISHED = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
-ENDED = (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 _SAVED: dict[JobState, SavedState] = {
     JobState.QUEUED: "queued",
     JobState.RUNNING: "running",
@@ -112,24 +80,11 @@ class Subscriber:
 
 
 @dataclass(eq=False)
-class _Run:
-    """One attempt at a job: from queued to stopped, under its own cancel scope."""
-
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
-    # Why the scope was cancelled; None when it was not us (the server is stopping).
-    stop: Literal["pause", "cancel"] | None = None
-
-
-@dataclass(eq=False)
 class Job:
-    id: int
-    url: str
+    """A download as the server shows it: the manager's handle and what clients saw of it."""
+
+    handle: DownloadHandle
     folder: str
-    directory: Path
-    civitai_token: str | None = field(default=None, repr=False)
-    hf_token: str | None = field(default=None, repr=False)
-    state: JobState = JobState.QUEUED
     started: Started | None = None
     metadata: Metadata | None = None
     progress: Progress | None = None
@@ -139,15 +94,27 @@ class Job:
     label: str | None = None
     downloaded: int = 0
     total: int | None = None
-    limit: RateLimit = field(default_factory=RateLimit)
     subscribers: list[Subscriber] = field(default_factory=list)
-    finished: trio.Event = field(default_factory=trio.Event)
-    run: _Run | None = None
-    _last_progress: float = -1e9
+
+    @property
+    def id(self) -> int:
+        return self.handle.id
+
+    @property
+    def state(self) -> JobState:
+        return self.handle.state
+
+    @property
+    def url(self) -> str:
+        return self.handle.request.source.url
+
+    @property
+    def directory(self) -> Path:
+        return self.handle.request.directory
 
     @property
     def limit_rate(self) -> int | None:
-        rate = self.limit.rate
+        rate = self.handle.limit.rate
         return None if rate is None else int(rate)
 
     def summary(self) -> dict[str, Any]:
@@ -158,6 +125,7 @@ class Job:
         if total is None:
             total = self.total
         fraction = progress.progress if progress else (downloaded / total if total else 0.0)
+        running = self.state is JobState.RUNNING
         return {
             "id": self.id,
             "url": redact_url(self.url),
@@ -165,8 +133,8 @@ class Job:
             "state": self.state.value,
             "label": self.started.filename if self.started else self.label,
             "progress": 1.0 if self.state is JobState.DONE else fraction,
-            "rate": progress.rate if progress and self.state is JobState.RUNNING else 0.0,
-            "eta": progress.eta if progress and self.state is JobState.RUNNING else None,
+            "rate": progress.rate if progress and running else 0.0,
+            "eta": progress.eta if progress and running else None,
             "downloaded": downloaded,
             "total": total,
             "limit": self.limit_rate,
@@ -185,7 +153,7 @@ class DownloadQueue:
     """Downloads into ``models_dir/<folder>``, at most ``max_concurrent`` at once.
 
     With *queue_file*, unfinished jobs are saved there after every change (see
-    :meth:`restore` for the other way).
+    :meth:`restore` for the other way).  *run* replaces the download flow (tests).
     """
 
     def __init__(
@@ -196,30 +164,31 @@ class DownloadQueue:
         max_concurrent: int = 3,
         options: Options | None = None,
         engine: str = "native",
-        download: DownloadFunction | None = None,
-        overall_limit: RateLimit | None = None,
+        run: RunDownload | None = None,
+        overall_limit: float | None = None,
         queue_file: Path | None = None,
     ) -> None:
-        if max_concurrent < 1:
-            raise ValueError("max_concurrent must be at least 1")
-        if download is None:
-            from ..api import download as library_download
-
-            download = library_download
-        self._nursery = nursery
+        extra = {"run": run} if run is not None else {}
+        self._manager = DownloadManager(
+            nursery,
+            max_concurrent=max_concurrent,
+            overall_limit=overall_limit,
+            listener=self._on_change,
+            **extra,
+        )
         self._models_dir = models_dir
-        self._slots = trio.CapacityLimiter(max_concurrent)
         self._options = options
         self._engine = engine
-        self._download = download
-        #: Shared by every download: the server's overall bandwidth limit.
-        self.overall_limit = overall_limit if overall_limit is not None else RateLimit()
-        self._next_id = 1
         self._jobs: dict[int, Job] = {}
         self._dirty = trio.Event()
         self._save_failing = False
         if queue_file is not None:
             nursery.start_soon(self._save_loop, queue_file)
+
+    @property
+    def overall_limit(self) -> Any:
+        """Shared by every download: the server's overall bandwidth limit (a RateLimit)."""
+        return self._manager.limit
 
     # -- queries
 
@@ -228,7 +197,7 @@ class DownloadQueue:
 
     def waiting(self) -> int:
         """Downloads waiting for a slot (the ``queue`` field of ``ack``)."""
-        return sum(1 for job in self._jobs.values() if job.state is JobState.QUEUED)
+        return self._manager.waiting()
 
     def find(self, outbox: Outbox, request_id: int) -> Job | None:
         """The job a client's request subscribed to (the latest, if the id was reused)."""
@@ -242,48 +211,58 @@ class DownloadQueue:
 
     # -- commands
 
-    def submit(
+    def request(
         self,
         url: str,
         folder: str,
-        subscriber: Subscriber,
         *,
         civitai_token: str | None = None,
         hf_token: str | None = None,
-    ) -> Job:
+    ) -> DownloadRequest:
+        """The request for *url* into *folder* with the server's options and engine.
+
+        Raises:
+            DownloadError: the URL cannot be downloaded (one line for the client).
+        """
+        return build_request(
+            url,
+            self._models_dir / folder,
+            options=self._options,
+            engine=self._engine,
+            civitai_token=civitai_token,
+            hf_token=hf_token,
+        )
+
+    def submit(self, request: DownloadRequest, folder: str, subscriber: Subscriber) -> Job:
         """Start (or queue) a download, or join the unfinished one for the same URL and folder.
 
         Joining a paused download resumes it.  URLs are compared without their secrets, so a
         request with ``?token=`` finds the job the queue file brought back without it.
         """
-        key = _download_key(url)
+        key = _download_key(request.source.url)
         for job in self._jobs.values():
-            if job.state in UNFINISHED and job.folder == folder and _download_key(job.url) == key:
-                if job.state is not JobState.RUNNING:
+            if (
+                job.state in UNFINISHED_STATES
+                and job.folder == folder
+                and _download_key(job.url) == key
+            ):
+                if not job.handle.running:
                     # Not started yet: this request's URL and tokens are the freshest.
-                    job.url = url
-                    job.civitai_token = civitai_token or job.civitai_token
-                    job.hf_token = hf_token or job.hf_token
+                    job.handle.replace_request(_fresher(request, job.handle.request))
                 job.subscribers.append(subscriber)
                 if job.state is JobState.PAUSED:
                     log.info("download %d asked for again: resuming", job.id)
-                    self._start(job)
+                    self._resume(job)
                 else:
                     self._replay(job, subscriber)
                 return job
-        job = Job(
-            id=self._new_id(),
-            url=url,
-            folder=folder,
-            directory=self._models_dir / folder,
-            civitai_token=civitai_token,
-            hf_token=hf_token,
-            subscribers=[subscriber],
-        )
+        handle = self._manager.add(request)
+        job = Job(handle, folder, subscribers=[subscriber])
+        handle.on_event = self._events_of(job)
         self._jobs[job.id] = job
         self._forget_old()
-        log.info("download %d queued: %s into %s", job.id, redact_url(url), folder)
-        self._start(job)
+        self._changed()
+        log.info("download %d queued: %s into %s", job.id, redact_url(job.url), folder)
         return job
 
     def subscribe(self, job: Job, subscriber: Subscriber) -> None:
@@ -300,14 +279,7 @@ class DownloadQueue:
     def cancel(self, job: Job) -> None:
         """Stop *job* for real; its partial file and sidecar stay, so asking again resumes.
         Every subscriber is told ``aborted`` when it has stopped."""
-        if job.state in ENDED:
-            return
-        run = job.run
-        if run is not None and not run.done.is_set():
-            run.stop = "cancel"
-            run.scope.cancel()  # its end reports it
-            return
-        self._cancelled(job)
+        job.handle.cancel()
 
     def pause(self, job: Job) -> None:
         """Stop *job* for real and keep it, paused, until :meth:`resume`; every subscriber is
@@ -316,17 +288,12 @@ class DownloadQueue:
         Raises:
             JobError: the job has ended.
         """
-        if job.state in ENDED:
+        if job.state in FINAL_STATES:
             raise JobError(f"download {job.id} has already ended ({job.state.value})")
-        if job.state is JobState.PAUSED:
-            return
-        job.state = JobState.PAUSED
-        log.info("download %d pausing", job.id)
-        run = job.run
-        if run is not None:
-            run.stop = "pause"
-            run.scope.cancel()
-        self._changed()
+        if job.state is not JobState.PAUSED:
+            log.info("download %d pausing", job.id)
+            job.handle.pause()
+            self._changed()
 
     def resume(self, job: Job) -> None:
         """Queue a paused *job* again; it continues from its control file.  Resuming a
@@ -335,19 +302,19 @@ class DownloadQueue:
         Raises:
             JobError: the job has ended (ask for its URL again to resume its partial file).
         """
-        if job.state in ENDED:
+        if job.state in FINAL_STATES:
             raise JobError(
                 f"download {job.id} has already ended ({job.state.value}); "
                 "ask for it again to continue it"
             )
         if job.state is JobState.PAUSED:
             log.info("download %d resumed", job.id)
-            self._start(job)
+            self._resume(job)
 
     def set_limit(self, job: Job, rate: int | None) -> None:
         """Limit *job* to *rate* bytes a second (``None``: no limit of its own); running
         connections follow at once."""
-        job.limit.set(rate)
+        job.handle.set_limit(rate)
         self._changed()
 
     def unsubscribe(self, outbox: Outbox) -> None:
@@ -355,38 +322,46 @@ class DownloadQueue:
         for job in self._jobs.values():
             job.subscribers = [s for s in job.subscribers if s.outbox is not outbox]
 
+    def _resume(self, job: Job) -> None:
+        job.message = None
+        job.handle.resume()
+        self._changed()
+
     # -- the queue file
 
     def restore(self, saved: SavedQueue) -> None:
         """Take up the jobs of a queue file: queued and running ones start again (from their
         control files), paused ones wait for :meth:`resume`.  Their ids are kept."""
-        self._next_id = max(self._next_id, saved.next_id)
         for entry in saved.jobs:
             if entry.id in self._jobs:
                 continue
+            try:
+                request = self.request(entry.url, entry.folder)
+            except DownloadError as exc:
+                log.warning("WARNING: download %d not restored: %s", entry.id, exc)
+                continue
+            handle = self._manager.add(request, handle_id=entry.id, paused=True)
+            handle.set_limit(entry.limit)
             job = Job(
-                id=entry.id,
-                url=entry.url,
-                folder=entry.folder,
-                directory=self._models_dir / entry.folder,
-                state=JobState.PAUSED,
+                handle,
+                entry.folder,
                 label=entry.label,
                 downloaded=entry.downloaded,
                 total=entry.total,
-                limit=RateLimit(entry.limit),
             )
+            handle.on_event = self._events_of(job)
             self._jobs[job.id] = job
-            self._next_id = max(self._next_id, job.id + 1)
             log.info("download %d restored (%s): %s", job.id, entry.state, redact_url(job.url))
             if entry.state != "paused":
-                self._start(job)
+                handle.resume()
+        self._manager.reserve_ids(saved.next_id)
         self._changed()
 
     def snapshot(self) -> SavedQueue:
         """The unfinished jobs, as the queue file keeps them."""
         jobs = []
         for job in self._jobs.values():
-            if job.state not in UNFINISHED:
+            if job.state not in UNFINISHED_STATES:
                 continue
             progress = job.progress
             jobs.append(
@@ -401,7 +376,7 @@ class DownloadQueue:
                     total=progress.total if progress and progress.total else job.total,
                 )
             )
-        return SavedQueue(next_id=self._next_id, jobs=tuple(jobs))
+        return SavedQueue(next_id=self._manager.next_id, jobs=tuple(jobs))
 
     def _changed(self) -> None:
         self._dirty.set()
@@ -431,101 +406,54 @@ class DownloadQueue:
         else:
             self._save_failing = False
 
-    # -- running
+    # -- what the manager and the engine say
 
-    def _new_id(self) -> int:
-        job_id = self._next_id
-        self._next_id += 1
-        return job_id
-
-    def _start(self, job: Job) -> None:
-        previous = job.run
-        run = _Run()
-        job.run = run
-        job.state = JobState.QUEUED
-        job.message = None
+    def _on_change(self, handle: DownloadHandle, change: Change) -> None:
+        job = self._jobs.get(handle.id)
+        if job is None:
+            return
         self._changed()
-        after = previous.done if previous is not None else None
-        self._nursery.start_soon(self._run, job, run, after)
-
-    async def _run(self, job: Job, run: _Run, after: trio.Event | None) -> None:
-        ended = False
-        try:
-            with run.scope:
-                if after is not None:
-                    # The previous run of this job is still saving its control file.
-                    await after.wait()
-                if self._slots.borrowed_tokens >= self._slots.total_tokens:
-                    self._send(job, lambda id: messages.download_queued(id, self.waiting()))
-                async with self._slots:
-                    if not run.scope.cancel_called:  # paused while the slot was handed over
-                        job.state = JobState.RUNNING
-                        self._changed()
-                        log.info("download %d running", job.id)
-                    result = await self._call(job)
-                ended = True
-                self._finish(job, result)
-        except DownloadError as exc:
-            if run.stop is None:
-                ended = True
-                self._fail(job, _client_message(exc, job), exc.exit_code)
-        except Exception as exc:
-            if run.stop is None:
-                ended = True
-                # A bug of ours must not take the server (and every other download) down.
-                log.error("download %d: internal error: %s", job.id, type(exc).__name__)
-                self._fail(job, f"internal error: {type(exc).__name__}", 1)
-        finally:
-            if not ended:
-                if after is not None and not after.is_set():
-                    # Report in order: the previous run's end first.
-                    with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                        await after.wait()
-                self._stopped(job, run)
-            run.done.set()
-
-    def _call(self, job: Job) -> Awaitable[Success]:
-        def on_event(event: Event) -> None:
-            self._on_event(job, event)
-
-        return self._download(
-            job.url,
-            job.directory,
-            options=self._options,
-            engine=self._engine,
-            on_event=on_event,
-            civitai_token=job.civitai_token,
-            hf_token=job.hf_token,
-            limits=(self.overall_limit, job.limit),
-        )
-
-    def _stopped(self, job: Job, run: _Run) -> None:
-        """A run ended without an outcome: paused, cancelled, or the server is stopping."""
-        if run.stop == "pause":
+        if change == "waiting":
+            self._send(job, lambda id: messages.download_queued(id, self.waiting()))
+        elif change == "running":
+            log.info("download %d running", job.id)
+        elif change == "paused":
             log.info("download %d paused", job.id)
             self._send(job, lambda id: messages.paused(id))
-        elif run.stop == "cancel":
-            self._cancelled(job)
-        # Otherwise the server is stopping: the queue file keeps the job as it was, so the
-        # next server takes it up again.
+        elif change == "cancelled":
+            log.info("download %d cancelled", job.id)
+            self._send(job, lambda id: messages.envelope("aborted", {}, id))
+        elif change == "failed":
+            assert handle.error is not None
+            self._fail(job, _client_message(handle.error, job), handle.error.exit_code)
+        elif change == "done":
+            self._finish(job)
 
-    def _cancelled(self, job: Job) -> None:
-        job.state = JobState.CANCELLED
-        log.info("download %d cancelled", job.id)
-        self._send(job, lambda id: messages.envelope("aborted", {}, id))
-        job.finished.set()
-        self._changed()
+    def _events_of(self, job: Job) -> Callable[[Event], None]:
+        def on_event(event: Event) -> None:
+            if isinstance(event, Started):
+                job.started = event
+                self._changed()  # the queue file keeps the file name
+                self._send(job, lambda id: messages.download_started(id, event))
+            elif isinstance(event, Metadata):
+                job.metadata = event
+                self._send(job, lambda id: messages.download_metadata(id, event))
+            elif isinstance(event, Progress):
+                job.progress = event
+                self._send(job, lambda id: messages.download_progress(id, event), coalesce=True)
+            # Success, Failed and Aborted: the manager's changes say it.
 
-    def _finish(self, job: Job, result: Success) -> None:
+        return on_event
+
+    def _finish(self, job: Job) -> None:
+        result = job.handle.result
+        assert result is not None
         path = Path(result.path).resolve()
         if not path.is_relative_to(job.directory.resolve()):
-            # segdl.download sanitises names, so this is a defence in depth.
+            # segdl's flow sanitises names, so this is a defence in depth.
             self._fail(job, "refused: the file would be outside the models directory", 1)
             return
-        job.state = JobState.DONE
         job.path = path.relative_to(self._models_dir.resolve()).as_posix()
-        job.finished.set()
-        self._changed()
         log.info("download %d done: %s", job.id, job.path)
         self._send(
             job,
@@ -539,28 +467,9 @@ class DownloadQueue:
         )
 
     def _fail(self, job: Job, message: str, code: int) -> None:
-        job.state = JobState.FAILED
         job.message = message
-        job.finished.set()
-        self._changed()
         log.info("download %d failed: %s", job.id, message)
         self._send(job, lambda id: messages.download_error(id, message, code))
-
-    def _on_event(self, job: Job, event: Event) -> None:
-        if isinstance(event, Started):
-            job.started = event
-            self._changed()  # the queue file keeps the file name
-            self._send(job, lambda id: messages.download_started(id, event))
-        elif isinstance(event, Metadata):
-            job.metadata = event
-            self._send(job, lambda id: messages.download_metadata(id, event))
-        elif isinstance(event, Progress):
-            job.progress = event
-            now = trio.current_time()
-            if now - job._last_progress >= PROGRESS_INTERVAL or event.progress >= 1.0:
-                job._last_progress = now
-                self._send(job, lambda id: messages.download_progress(id, event), coalesce=True)
-        # Success, Error and Cancelled: the outcome of the call says it, in _run.
 
     def _replay(self, job: Job, subscriber: Subscriber) -> None:
         """Bring a client that joined a running download up to date."""
@@ -582,9 +491,20 @@ class DownloadQueue:
             subscriber.outbox.put(build(subscriber.request_id), coalesce=key)
 
     def _forget_old(self) -> None:
-        finished = [job.id for job in self._jobs.values() if job.state in ENDED]
-        for job_id in finished[: max(0, len(finished) - HISTORY)]:
-            del self._jobs[job_id]
+        finished = [job for job in self._jobs.values() if job.state in FINAL_STATES]
+        for job in finished[: max(0, len(finished) - HISTORY)]:
+            del self._jobs[job.id]
+            self._manager.forget(job.handle)
+
+
+def _fresher(new: DownloadRequest, old: DownloadRequest) -> DownloadRequest:
+    """*new*, keeping a token only *old* had (a request without one does not drop it)."""
+    sites = replace(
+        new.sites,
+        civitai_token=new.sites.civitai_token or old.sites.civitai_token,
+        hf_token=new.sites.hf_token or old.sites.hf_token,
+    )
+    return replace(new, sites=sites)
 
 
 def _client_message(exc: DownloadError, job: Job) -> str:

@@ -33,7 +33,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 from ..core.folders import model_folder
 from ..errors import DownloadError
 from ..sources.base import SourceConfig
-from ..sources.resolve import check_source_url
+from ..sources.resolve import parse_source
 
 __all__ = [
     "QUEUE_FILE",
@@ -172,7 +172,7 @@ def _job(entry: object) -> SavedJob:
     if not isinstance(url, str) or not url or len(url) > MAX_URL:
         raise CorruptQueueFile("bad url")
     try:
-        check_source_url(url, SourceConfig.from_env())
+        parse_source(url, SourceConfig.from_env())
         # The same allow-list as a request's ``type``: never a path of the file's choosing.
         folder = model_folder(entry.get("type", ""))
     except (DownloadError, ValueError) as exc:

@@ -11,14 +11,15 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
 from ..core.events import Metadata
+from ..core.urls import HttpURL
 from ..io.dataplane import Transform
 
-__all__ = ["DownloadPlan", "Resolver", "SourceConfig"]
+__all__ = ["DownloadPlan", "Resolver", "SourceConfig", "SourceRef"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +70,8 @@ class SourceConfig:
 class DownloadPlan:
     """Everything an engine needs, and what the site says the result must be.
 
-    ``urls``       the file's URL(s) on the site, mirrors of one file
+    ``urls``       the file's URL(s) on the site, mirrors of one file (checked by the
+                   resolver where they came from: :meth:`HttpURL.parse`)
     ``headers``    request headers for ``urls`` (auth); the probe drops credentials when a
                    redirect leaves the origin
     ``mirrors``    the same file on other hosts (public mirrors): fetched without ``headers``
@@ -82,9 +84,9 @@ class DownloadPlan:
     ``source``     "civitai", "huggingface", "gdrive", "mega" or "direct", for messages
     """
 
-    urls: tuple[str, ...]
+    urls: tuple[HttpURL, ...]
     headers: Mapping[str, str] = field(default_factory=dict)
-    mirrors: tuple[str, ...] = ()
+    mirrors: tuple[HttpURL, ...] = ()
     filename: str | None = None
     size: int | None = None
     sha256: str | None = None
@@ -94,13 +96,40 @@ class DownloadPlan:
     source: str = "direct"
 
 
-class Resolver(Protocol):
-    """One site.  ``matches`` is cheap and pure; ``resolve`` may talk to the site's API."""
+Target = TypeVar("Target")
+
+
+class Resolver(Protocol[Target]):
+    """One site.  ``parse`` is cheap and pure: the site's own reading of a URL it recognises
+    (None for one it does not); ``resolve`` takes that reading and may talk to the site."""
 
     name: str
 
-    def matches(self, url: str, config: SourceConfig) -> bool: ...
+    def parse(self, url: str, config: SourceConfig) -> Target | None: ...
 
     async def resolve(
-        self, url: str, *, client: httpx.AsyncClient, config: SourceConfig
+        self, target: Target, *, url: str, client: httpx.AsyncClient, config: SourceConfig
     ) -> DownloadPlan: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef(Generic[Target]):
+    """A user's URL, parsed once by the resolver that recognised it.
+
+    Resolving may be repeated (a resume, an expired signed link): the site is asked again,
+    the URL is not parsed again.
+    """
+
+    url: str  # as the user gave it
+    resolver: Resolver[Target]
+    target: Target
+
+    @property
+    def source(self) -> str:
+        return self.resolver.name
+
+    async def resolve(self, *, client: httpx.AsyncClient, config: SourceConfig) -> DownloadPlan:
+        return await self.resolver.resolve(self.target, url=self.url, client=client, config=config)
+
+
+AnySource = SourceRef[Any]

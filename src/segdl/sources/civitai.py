@@ -24,12 +24,12 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 import httpx
 
 from ..core.events import Metadata
+from ..core.urls import HttpURL
 from ..errors import (
     AuthError,
     BadResponse,
     DownloadError,
     HTTPStatusError,
-    InvalidURL,
     NotFound,
     ServerBusy,
     redact_url,
@@ -112,15 +112,17 @@ def parse_civitai_url(url: str, config: SourceConfig) -> CivitAITarget | None:
 class CivitAIResolver:
     name = "civitai"
 
-    def matches(self, url: str, config: SourceConfig) -> bool:
-        return parse_civitai_url(url, config) is not None
+    def parse(self, url: str, config: SourceConfig) -> CivitAITarget | None:
+        return parse_civitai_url(url, config)
 
     async def resolve(
-        self, url: str, *, client: httpx.AsyncClient, config: SourceConfig
+        self,
+        target: CivitAITarget,
+        *,
+        url: str,
+        client: httpx.AsyncClient,
+        config: SourceConfig,
     ) -> DownloadPlan:
-        target = parse_civitai_url(url, config)
-        if target is None:
-            raise InvalidURL(f"not a CivitAI model URL: {redact_url(url)}", url=url)
         token = config.civitai_token or target.token
         auth = {"Authorization": f"Bearer {token}"} if token else {}
         base = config.civitai_url.rstrip("/")
@@ -154,7 +156,7 @@ class CivitAIResolver:
         else:
             urls, headers = (storage,), {}
         return DownloadPlan(
-            urls=urls,
+            urls=tuple(HttpURL.parse(u) for u in urls),
             headers=headers,
             filename=name,
             sha256=metadata.sha256,

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import httpx
 
-from ..io.probe import check_url
+from ..core.urls import HttpURL
 from .base import DownloadPlan, SourceConfig
 
 __all__ = ["DirectResolver"]
 
 
 class DirectResolver:
-    """The fallback: matches every http(s) URL; other schemes are refused by ``check_url``.
+    """The fallback: every http(s) URL; anything else is refused here, with one clear line
+    (:meth:`HttpURL.parse`).
 
     No token is ever added here: each site's resolver sends its own token to its own site.
     """
 
     name = "direct"
 
-    def matches(self, url: str, config: SourceConfig) -> bool:
-        return True
+    def parse(self, url: str, config: SourceConfig) -> HttpURL:
+        return HttpURL.parse(url)
 
     async def resolve(
-        self, url: str, *, client: httpx.AsyncClient, config: SourceConfig
+        self, target: HttpURL, *, url: str, client: httpx.AsyncClient, config: SourceConfig
     ) -> DownloadPlan:
-        check_url(url)
-        return DownloadPlan(urls=(url,), source=self.name)
+        return DownloadPlan(urls=(target,), source=self.name)

@@ -24,14 +24,13 @@ import httpx
 
 from ..core.events import Metadata
 from ..core.headers import parse_content_disposition_filename
+from ..core.urls import HttpURL
 from ..errors import (
     AuthError,
     BadResponse,
     DownloadError,
-    InvalidURL,
     NotFound,
     ServerBusy,
-    redact_url,
     status_error,
 )
 from .base import DownloadPlan, SourceConfig
@@ -183,15 +182,12 @@ def _is_sign_in(url: str, page: DrivePage) -> bool:
 class GoogleDriveResolver:
     name = "gdrive"
 
-    def matches(self, url: str, config: SourceConfig) -> bool:
-        return parse_gdrive_url(url, config) is not None
+    def parse(self, url: str, config: SourceConfig) -> str | None:
+        return parse_gdrive_url(url, config)
 
     async def resolve(
-        self, url: str, *, client: httpx.AsyncClient, config: SourceConfig
+        self, file_id: str, *, url: str, client: httpx.AsyncClient, config: SourceConfig
     ) -> DownloadPlan:
-        file_id = parse_gdrive_url(url, config)
-        if file_id is None:
-            raise InvalidURL(f"not a Google Drive file link: {redact_url(url)}", url=url)
         current = f"{config.gdrive_url.rstrip('/')}/uc?" + urlencode(
             {"id": file_id, "export": "download"}
         )
@@ -241,7 +237,7 @@ class GoogleDriveResolver:
             headers["Cookie"] = cookie
         extra: dict[str, object] = {"source": "gdrive", "id": file_id}
         return DownloadPlan(
-            urls=(url,),
+            urls=(HttpURL.parse(url),),
             headers=headers,
             filename=name,
             metadata=Metadata(name=name, extra=extra),

@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 import httpx
 
 from ..core.events import Metadata
+from ..core.urls import HttpURL
 from ..errors import (
     AuthError,
     BadResponse,
@@ -121,19 +122,19 @@ def parse_hf_url(url: str, config: SourceConfig) -> HFFile | None:
 class HuggingFaceResolver:
     name = "huggingface"
 
-    def matches(self, url: str, config: SourceConfig) -> bool:
-        return parse_hf_url(url, config) is not None
-
-    async def resolve(
-        self, url: str, *, client: httpx.AsyncClient, config: SourceConfig
-    ) -> DownloadPlan:
+    def parse(self, url: str, config: SourceConfig) -> HFFile | None:
         file = parse_hf_url(url, config)
-        if file is None:
+        if file is None and url[:5].lower() == "hf://":
             raise InvalidURL(
                 f"not a Hugging Face file URL: {redact_url(url)} (use …/resolve/REVISION/PATH "
                 "or hf://owner/repo/path@revision)",
                 url=url,
             )
+        return file
+
+    async def resolve(
+        self, file: HFFile, *, url: str, client: httpx.AsyncClient, config: SourceConfig
+    ) -> DownloadPlan:
         token = config.hf_token
         auth = {"Authorization": f"Bearer {token}"} if token else {}
         start = file.resolve_url(config.hf_endpoint)
@@ -170,7 +171,7 @@ class HuggingFaceResolver:
 
 def _with_mirrors(plan: DownloadPlan, file: HFFile, config: SourceConfig) -> DownloadPlan:
     """The same file on the configured Hub mirrors (fetched without the token)."""
-    mirrors = tuple(file.resolve_url(endpoint) for endpoint in config.hf_mirrors)
+    mirrors = tuple(HttpURL.parse(file.resolve_url(e)) for e in config.hf_mirrors)
     return replace(plan, mirrors=mirrors) if mirrors else plan
 
 
@@ -200,7 +201,7 @@ def _plan(
     if size is not None:
         extra["size"] = size
     return DownloadPlan(
-        urls=urls,
+        urls=tuple(HttpURL.parse(u) for u in urls),
         headers=headers,
         filename=name or None,
         size=size,

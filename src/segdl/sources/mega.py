@@ -26,6 +26,7 @@ import httpx
 import trio
 
 from ..core.events import Metadata
+from ..core.urls import HttpURL
 from ..errors import (
     AuthError,
     BadResponse,
@@ -119,11 +120,18 @@ class MegaResolver:
         # mega.py starts the request sequence at a random number and counts up.
         self._sequence = random.randrange(0, 0xFFFFFFFF)
 
-    def matches(self, url: str, config: SourceConfig) -> bool:
-        return parse_mega_url(url) is not None or _is_mega_link_shape(url)
+    def parse(self, url: str, config: SourceConfig) -> MegaLink | None:
+        link = parse_mega_url(url)
+        if link is None and _is_mega_link_shape(url):
+            raise InvalidURL(
+                f"unsupported MEGA link {redact_url(url)}: only file links with their key "
+                "(https://mega.nz/file/HANDLE#KEY) can be downloaded",
+                url=url,
+            )
+        return link
 
     async def resolve(
-        self, url: str, *, client: httpx.AsyncClient, config: SourceConfig
+        self, link: MegaLink, *, url: str, client: httpx.AsyncClient, config: SourceConfig
     ) -> DownloadPlan:
         try:
             # Imported here: the cryptography package is only needed for MEGA links.
@@ -133,13 +141,6 @@ class MegaResolver:
                 "MEGA links need the 'cryptography' package: pip install cryptography"
             ) from exc
 
-        link = parse_mega_url(url)
-        if link is None:
-            raise InvalidURL(
-                f"unsupported MEGA link {redact_url(url)}: only file links with their key "
-                "(https://mega.nz/file/HANDLE#KEY) can be downloaded",
-                url=url,
-            )
         key = megacrypto.MegaKey.from_link_key(megacrypto.b64url_decode(link.key))
         answer = await self._get(client, config, link)
 
@@ -166,7 +167,7 @@ class MegaResolver:
             name=name, extra={"source": "mega", "handle": link.handle, "size": size}
         )
         return DownloadPlan(
-            urls=(storage,),
+            urls=(HttpURL.parse(storage),),
             filename=name,
             size=size,
             metadata=metadata,

@@ -1,44 +1,42 @@
-"""Pick the resolver for a URL: the first whose ``matches`` accepts it; direct last."""
+"""Find the resolver for a URL: the first site whose ``parse`` recognises it; direct last."""
 
 from __future__ import annotations
 
-import httpx
+from typing import Any
 
-from ..io.probe import check_url
-from .base import DownloadPlan, Resolver, SourceConfig
+from ..core.urls import HttpURL
+from .base import Resolver, SourceConfig, SourceRef
 from .civitai import CivitAIResolver
 from .direct import DirectResolver
 from .gdrive import GoogleDriveResolver
 from .huggingface import HuggingFaceResolver
 from .mega import MegaResolver
 
-__all__ = ["RESOLVERS", "check_source_url", "resolve_url"]
+__all__ = ["RESOLVERS", "parse_source"]
 
-# Site resolvers go before the direct one, which accepts everything.
-RESOLVERS: list[Resolver] = [
+# Site resolvers go before the direct one, which takes every http(s) URL.
+RESOLVERS: tuple[Resolver[Any], ...] = (
     CivitAIResolver(),
     HuggingFaceResolver(),
     GoogleDriveResolver(),
     MegaResolver(),
     DirectResolver(),
-]
+)
 
 
-def check_source_url(url: str, config: SourceConfig) -> str:
-    """Refuse what cannot be downloaded, with one clear line.
+def parse_source(url: str, config: SourceConfig) -> SourceRef[Any]:
+    """The user's *url*, read by the site it belongs to: an http(s) URL, or a site's own short
+    form (``hf://owner/repo/file``, CivitAI's ``urn:air:…``).
 
-    An http(s) URL, or a site's own short form that its resolver understands
-    (``hf://owner/repo/file``, CivitAI's ``urn:air:…``).
+    Raises:
+        InvalidURL: nothing can download it (one clear line, no credentials).
     """
-    if not url.lower().startswith(("http://", "https://")) and any(
-        resolver.name != "direct" and resolver.matches(url, config) for resolver in RESOLVERS
-    ):
-        return url
-    return check_url(url)
-
-
-async def resolve_url(url: str, *, client: httpx.AsyncClient, config: SourceConfig) -> DownloadPlan:
+    text = url
+    if url[:8].lower().startswith(("http://", "https://")):
+        # Whatever site it names: refuse what no request line may carry, before a site reads it.
+        text = HttpURL.parse(url)
     for resolver in RESOLVERS:
-        if resolver.matches(url, config):
-            return await resolver.resolve(url, client=client, config=config)
-    raise AssertionError("the direct resolver matches every URL")
+        target = resolver.parse(text, config)
+        if target is not None:
+            return SourceRef(text, resolver, target)
+    raise AssertionError("the direct resolver parses every URL or raises")

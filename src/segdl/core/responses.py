@@ -1,0 +1,120 @@
+"""What a data connection's response must say before one byte of its body is written.
+
+A range request (RFC 9110 §14.2) is answered by ``206`` with a ``Content-Range`` naming
+exactly the bytes asked for, a ``Content-Length`` of that many bytes, and the validators of
+the version the download began with (§8.8: the ETag, else Last-Modified); a whole-file
+stream by ``200``.  Anything else is refused before the body touches the file: a server that
+ignores ``Range`` (200), sends other bytes, or now serves another version would make a wrong
+file.  These rules hold on every response, the first one (the probe) included.
+
+Pure: the response head is data, parsed by the I/O layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import BadResponse, RemoteChanged
+from .headers import ContentRange
+
+__all__ = ["Expected", "ResponseHead", "check_range_response", "check_stream_response"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    status: int
+    reason: str
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    content_length: int | None
+    content_range: ContentRange | None
+    chunked: bool
+    keep_alive: bool
+
+    @property
+    def etag(self) -> str | None:
+        return self.headers.get("etag")
+
+    @property
+    def last_modified(self) -> str | None:
+        return self.headers.get("last-modified")
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """The version of the file a download is fetching, and where from (for messages)."""
+
+    url: str
+    host: str  # as shown in messages (the Host header's form)
+    size: int | None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+def _check_version(expected: Expected, head: ResponseHead) -> None:
+    host, url = expected.host, expected.url
+    etag = head.etag
+    if expected.etag and etag and etag.removeprefix("W/") != expected.etag.removeprefix("W/"):
+        raise RemoteChanged(f"the file on {host} changed during the download (new ETag)", url=url)
+    modified = head.last_modified
+    # Without ETags on both sides, Last-Modified names the version (RFC 9110 §8.8.2).
+    if (
+        not (expected.etag and etag)
+        and expected.last_modified
+        and modified
+        and modified != expected.last_modified
+    ):
+        raise RemoteChanged(
+            f"the file on {host} changed during the download (new Last-Modified)", url=url
+        )
+
+
+def check_range_response(expected: Expected, head: ResponseHead, first: int, last: int) -> None:
+    """Refuse a response to ``Range: bytes=first-last`` that is not exactly those bytes of
+    the expected version.
+
+    Raises:
+        RemoteChanged: another version (ETag, Last-Modified or complete length differ).
+        BadResponse: not a 206, or a 206 whose Content-Range/Content-Length do not match.
+    """
+    _check_version(expected, head)
+    host, url = expected.host, expected.url
+    if head.status != 206:
+        raise BadResponse(
+            f"{host} answered a range request with HTTP {head.status} instead of 206", url=url
+        )
+    rng = head.content_range
+    if rng is None:
+        raise BadResponse(f"{host} sent 206 without Content-Range", url=url)
+    if rng.complete_length is not None and rng.complete_length != expected.size:
+        raise RemoteChanged(
+            f"the file on {host} changed size ({rng.complete_length} bytes, expected "
+            f"{expected.size})",
+            url=url,
+        )
+    if (rng.first, rng.last) != (first, last):
+        raise BadResponse(
+            f"{host} sent bytes {rng.first}-{rng.last} for a request of {first}-{last}", url=url
+        )
+    if head.content_length is None:
+        # A body that ends when the server closes cannot show where the range's bytes are in
+        # it: refuse it rather than trust the first bytes that come.
+        raise BadResponse(f"{host} sent 206 without Content-Length", url=url)
+    if head.content_length != last - first + 1:
+        raise BadResponse(
+            f"{host} sent Content-Length {head.content_length} for {last - first + 1} bytes",
+            url=url,
+        )
+
+
+def check_stream_response(expected: Expected, head: ResponseHead) -> None:
+    """Refuse a whole-file response that is not a 200 of the expected size.
+
+    Raises:
+        BadResponse: not a 200.
+        RemoteChanged: a Content-Length other than the expected size.
+    """
+    if head.status != 200:
+        raise BadResponse(f"expected HTTP 200, got {head.status}", url=expected.url)
+    size = expected.size
+    if size is not None and head.content_length is not None and head.content_length != size:
+        raise RemoteChanged("the file changed size since it was probed", url=expected.url)

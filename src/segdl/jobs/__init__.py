@@ -1,0 +1,1 @@
+"""Orchestration above the engines and the sources: a request, its flow, and the manager."""

@@ -5,7 +5,6 @@ The public API lives here; everything else is private to the package's layers:
 (trio orchestration), and the shells ``segdl.cli``.
 """
 
-from ._version import __version__ as __version__
 from .api import DownloadHandle as DownloadHandle
 from .api import DownloadManager as DownloadManager
 from .api import DownloadState as DownloadState
@@ -30,6 +29,7 @@ from .core.events import Started as Started
 from .core.events import Success as Success
 from .core.events import deprecated_name as _deprecated_event
 from .core.inputfile import InputFileError as InputFileError
+from .core.version import __version__ as __version__
 from .engine.options import Options as Options
 from .engine.options import RetryPolicy as RetryPolicy
 from .engine.throttle import RateLimit as RateLimit

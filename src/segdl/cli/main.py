@@ -24,10 +24,9 @@ from ..core.sizes import parse_size
 from ..engine.options import Options, RetryPolicy
 from ..engine.throttle import RateLimit
 from ..errors import DownloadError
-from ..server.cli import add_serve_arguments, run_serve
+from ..server.cli import add_proxy_arguments, add_serve_arguments, proxies_from_args, run_serve
 from .batchprogress import BatchReporter, BatchView, LiveDisplay
 from .progressbar import ProgressBar, format_bytes
-from .proxyargs import add_proxy_arguments, proxies_from_args
 
 EXIT_OK = 0
 EXIT_UNKNOWN = 1

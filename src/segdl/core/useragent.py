@@ -9,7 +9,7 @@ CivitAI answers a browser's agent with a login page instead of a JSON error
 
 from __future__ import annotations
 
-from .._version import __version__
+from .version import __version__
 
 __all__ = ["USER_AGENT"]
 

@@ -83,11 +83,6 @@ class ProxyURL:
         return self.scheme in ("socks5", "socks5h")
 
     @property
-    def resolves_names(self) -> bool:
-        """Does the proxy resolve the destination's name (``socks5h``, HTTP proxies)?"""
-        return self.scheme != "socks5"
-
-    @property
     def has_credentials(self) -> bool:
         return self.username is not None
 

@@ -8,6 +8,13 @@ need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 command -v aria2c >/dev/null 2>&1 || need_apt+=(aria2)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# Proxies, as users have them: downloads are tested through tinyproxy and squid (HTTP and
+# CONNECT, with Basic auth: squid's basic_ncsa_auth and an htpasswd made by openssl) and
+# microsocks (SOCKS5).
+command -v tinyproxy >/dev/null 2>&1 || need_apt+=(tinyproxy)
+command -v squid >/dev/null 2>&1 || [ -x /usr/sbin/squid ] || need_apt+=(squid)
+command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The page is tested in a real browser: Debian's chromium, driven headless.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then

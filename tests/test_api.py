@@ -390,3 +390,21 @@ async def test_manager_limits_change_while_running(tmp_path: pathlib.Path) -> No
             handle.set_limit(None)
             await handle.wait()
     assert (tmp_path / "f.bin").read_bytes() == body
+
+
+async def test_an_unusable_proxy_in_the_environment_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """Read where the request is built: a one-line DownloadError naming the variable, not an
+    internal error, and never the proxy's password."""
+    monkeypatch.setenv("ALL_PROXY", "ftp://user:s3cret@proxy.example:21")
+    events: list[segdl.Event] = []
+    with pytest.raises(segdl.DownloadError) as info:
+        await segdl.download("http://127.0.0.1:9/x.bin", tmp_path, on_event=events.append)
+    message = str(info.value)
+    assert "internal error" not in message
+    assert "ALL_PROXY" in message or "all_proxy" in message
+    assert "s3cret" not in message
+    assert "\n" not in message
+    assert isinstance(events[-1], segdl.Failed)
+    assert list(tmp_path.iterdir()) == []

@@ -47,7 +47,12 @@ BELOW_SHELLS = frozenset({"core", "errors", "io", "engine", "sources", "jobs"})
 LAYERS: dict[str, Layer] = {
     "errors": Layer(frozenset(), pure=True),
     "core": Layer(frozenset({"core", "errors"}), pure=True),
-    "io": Layer(frozenset({"core", "errors", "io"}), frozenset({"httpx", "h11"})),
+    # httpcore: the control plane's transport and network backend (io/control.py), which runs
+    # the connector in a trio worker thread; socksio: SOCKS5 on the connector's own socket.
+    "io": Layer(
+        frozenset({"core", "errors", "io"}),
+        frozenset({"httpx", "h11", "httpcore", "socksio", "trio"}),
+    ),
     "engine": Layer(
         frozenset({"core", "errors", "io", "engine"}), frozenset({"trio", "trio_websocket"})
     ),

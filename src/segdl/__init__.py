@@ -30,12 +30,14 @@ from .core.events import Success as Success
 from .core.events import Warned as Warned
 from .core.events import deprecated_name as _deprecated_event
 from .core.inputfile import InputFileError as InputFileError
+from .core.version import __version__ as __version__
 from .engine.options import Options as Options
 from .engine.options import RetryPolicy as RetryPolicy
 from .engine.throttle import RateLimit as RateLimit
 from .errors import AuthError as AuthError
 from .errors import BadResponse as BadResponse
 from .errors import ChecksumMismatch as ChecksumMismatch
+from .errors import DestinationRefused as DestinationRefused
 from .errors import DiskError as DiskError
 from .errors import DiskFull as DiskFull
 from .errors import DownloadError as DownloadError
@@ -43,14 +45,15 @@ from .errors import DuplicateModel as DuplicateModel
 from .errors import FileExists as FileExists
 from .errors import HTTPStatusError as HTTPStatusError
 from .errors import InvalidURL as InvalidURL
+from .errors import LinkExpired as LinkExpired
 from .errors import NetworkError as NetworkError
 from .errors import NotFound as NotFound
+from .errors import ProxyAuthError as ProxyAuthError
+from .errors import ProxyError as ProxyError
 from .errors import RemoteChanged as RemoteChanged
 from .errors import ResumeError as ResumeError
 from .errors import ServerBusy as ServerBusy
 from .errors import Timeout as Timeout
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Aborted",
@@ -60,6 +63,7 @@ __all__ = [
     "BatchResult",
     "Checksum",
     "ChecksumMismatch",
+    "DestinationRefused",
     "DiskError",
     "DiskFull",
     "DownloadError",
@@ -74,11 +78,14 @@ __all__ = [
     "InputFileError",
     "InvalidURL",
     "JobOutcome",
+    "LinkExpired",
     "Metadata",
     "NetworkError",
     "NotFound",
     "Options",
     "Progress",
+    "ProxyAuthError",
+    "ProxyError",
     "RateLimit",
     "RemoteChanged",
     "ResumeError",

@@ -2,11 +2,16 @@
 
     DownloadError                     anything that stopped a download (exit 1)
     ├── InvalidURL                    not an http(s) URL we can fetch (exit 1)
+    │   └── DestinationRefused        a destination the policy forbids: link-local, cloud
+    │                                 metadata, internal addresses for a public server (exit 1)
     ├── NetworkError                  connect/read failed, reset, DNS (exit 6)
-    │   └── Timeout                   connect or idle timeout (exit 2)
+    │   ├── Timeout                   connect or idle timeout (exit 2)
+    │   └── ProxyError                the proxy refused the tunnel or failed (exit 6)
     ├── HTTPStatusError               the server answered with an error status (exit 22)
     │   ├── NotFound                  404 / 410 (exit 3)
     │   ├── AuthError                 401 / 403 (exit 24)
+    │   │   └── LinkExpired           a site's signed link expired and could not be renewed
+    │   │   └── ProxyAuthError        the proxy wants (other) credentials: 407, SOCKS (exit 24)
     │   └── ServerBusy                503 / 429 after all retries (exit 29)
     ├── BadResponse                   malformed or inconsistent answer: wrong Content-Range,
     │   │                             short body, size disagreeing with the plan (exit 22)
@@ -33,6 +38,7 @@ __all__ = [
     "AuthError",
     "BadResponse",
     "ChecksumMismatch",
+    "DestinationRefused",
     "DiskError",
     "DiskFull",
     "DownloadError",
@@ -40,8 +46,11 @@ __all__ = [
     "FileExists",
     "HTTPStatusError",
     "InvalidURL",
+    "LinkExpired",
     "NetworkError",
     "NotFound",
+    "ProxyAuthError",
+    "ProxyError",
     "RemoteChanged",
     "ResumeError",
     "ServerBusy",
@@ -98,12 +107,25 @@ class InvalidURL(DownloadError):
     exit_code = 1
 
 
+class DestinationRefused(InvalidURL):
+    """The destination policy (``segdl serve``) forbids the address a URL leads to."""
+
+    exit_code = 1
+
+
 class NetworkError(DownloadError):
     exit_code = 6
 
 
 class Timeout(NetworkError):
     exit_code = 2
+
+
+class ProxyError(NetworkError):
+    """The proxy failed: unreachable, refused the tunnel, or a SOCKS error.  The message names
+    the proxy as ``scheme://host:port``, never with its credentials."""
+
+    exit_code = 6
 
 
 class HTTPStatusError(DownloadError):
@@ -116,10 +138,14 @@ class HTTPStatusError(DownloadError):
         url: str | None = None,
         status: int = 0,
         retry_after: float | None = None,
+        body: str = "",
     ) -> None:
         super().__init__(message, url=url)
         self.status = status
         self.retry_after = retry_after
+        # The start of a short error body, to tell causes apart (an expired signature);
+        # never shown as it is.
+        self.body = body
 
 
 class NotFound(HTTPStatusError):
@@ -127,6 +153,12 @@ class NotFound(HTTPStatusError):
 
 
 class AuthError(HTTPStatusError):
+    exit_code = 24
+
+
+class ProxyAuthError(AuthError):
+    """The proxy asks for credentials, or refused the ones in its URL (407, SOCKS auth)."""
+
     exit_code = 24
 
 
@@ -142,6 +174,11 @@ class RemoteChanged(BadResponse):
     """The server now serves a different version of the file (ETag, Last-Modified or size
     changed): the partial belongs to the old one.  The download flow restarts from a new probe
     rather than mix versions; raised to the user only when the file keeps changing."""
+
+
+class LinkExpired(AuthError):
+    """A signed download link a site handed out expired, and asking the site for a fresh one
+    did not work; the partial file is kept (exit 24)."""
 
 
 class ResumeError(DownloadError):
@@ -170,7 +207,7 @@ class ChecksumMismatch(DownloadError):
 
 
 def status_error(
-    status: int, reason: str, *, url: str, retry_after: float | None = None
+    status: int, reason: str, *, url: str, retry_after: float | None = None, body: str = ""
 ) -> HTTPStatusError:
     """Build the right :class:`HTTPStatusError` subclass for an error status."""
     where = redact_url(url)
@@ -186,4 +223,4 @@ def status_error(
         cls = ServerBusy
     else:
         cls = HTTPStatusError
-    return cls(message, url=url, status=status, retry_after=retry_after)
+    return cls(message, url=url, status=status, retry_after=retry_after, body=body)

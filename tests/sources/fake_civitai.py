@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -105,7 +106,15 @@ class FakeCivitAI:
         self.echo_token = False
         self._models: dict[int, CivitModel] = {}
         self._versions: dict[int, tuple[CivitModel, CivitVersion]] = {}
-        self._valid_signatures: set[str] = set()
+        #: Seconds a storage URL works after it is handed out (None: until expired by hand);
+        #: real ones carry X-Amz-Expires, and CivitAI's are short-lived.
+        self.link_lifetime: float | None = None
+        #: Every storage response is cut after this many body bytes (a flaky long path).
+        self.cut_after: int | None = None
+        #: The download endpoint answers 500 (the site cannot hand out a fresh link).
+        self.refuse_links = False
+        self.links_issued = 0
+        self._valid_signatures: dict[str, float] = {}
         self._signatures = itertools.count(1)
         self._lock = threading.Lock()
         self.site.on_request(self._site)
@@ -331,9 +340,12 @@ class FakeCivitAI:
             )
         if version.mode == "no_grant":
             return error(403, "You do not have access to download this file")
+        if self.refuse_links:
+            return error(500, "Internal Server Error")
         signature = f"sig{next(self._signatures)}"
         with self._lock:
-            self._valid_signatures.add(signature)
+            self._valid_signatures[signature] = time.monotonic()
+            self.links_issued += 1
         disposition = quote(f'attachment; filename="{chosen.name}"')
         location = self.storage.url(
             f"{self._object_path(chosen)}?X-Amz-Expires=86400"
@@ -367,9 +379,12 @@ class FakeCivitAI:
             return text(403, "Forbidden: unexpected Authorization header")
         _path, query = split_target(info.path)
         with self._lock:
-            valid = query.get("X-Amz-Signature") in self._valid_signatures
-        if not valid:
+            issued = self._valid_signatures.get(query.get("X-Amz-Signature", ""))
+        lifetime = self.link_lifetime
+        if issued is None or (lifetime is not None and time.monotonic() - issued > lifetime):
             return text(403, "Request has expired")
+        if self.cut_after is not None:
+            return Fault.drop_after(self.cut_after)
         return None
 
     # ---- the image host

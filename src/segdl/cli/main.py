@@ -25,7 +25,7 @@ from ..core.sizes import parse_size
 from ..engine.options import Options, RetryPolicy
 from ..engine.throttle import RateLimit
 from ..errors import DownloadError
-from ..server.cli import add_serve_arguments, run_serve
+from ..server.cli import add_proxy_arguments, add_serve_arguments, proxies_from_args, run_serve
 from ..sources.modelfiles import ModelFileOptions
 from .batchprogress import BatchReporter, BatchView, LiveDisplay
 from .progressbar import ProgressBar, format_bytes
@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("HF_TOKEN"),
         help="Hugging Face token (default: $HF_TOKEN)",
     )
+    add_proxy_arguments(get)
     get.add_argument("--json", action="store_true", help="print one JSON event per line")
     get.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
@@ -261,6 +262,7 @@ def _options_from_args(args: argparse.Namespace) -> Options:
             read_timeout=args.timeout,
             retry=RetryPolicy(max_tries=max(1, args.max_tries)),
             max_download_limit=_rate(args.max_download_limit, "--max-download-limit"),
+            proxies=proxies_from_args(args),
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from exc

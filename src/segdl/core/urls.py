@@ -12,11 +12,12 @@ Pure: stdlib only.
 from __future__ import annotations
 
 import unicodedata
-from urllib.parse import urlsplit
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import InvalidURL, redact_url
 
-__all__ = ["MAX_URL_LENGTH", "HttpURL", "display_url"]
+__all__ = ["MAX_URL_LENGTH", "HttpURL", "display_url", "signed_until"]
 
 
 class HttpURL(str):
@@ -55,6 +56,26 @@ class HttpURL(str):
         parts = urlsplit(self)
         target = parts.path or "/"
         return f"{target}?{parts.query}" if parts.query else target
+
+
+def signed_until(url: str) -> float | None:
+    """When a presigned URL stops working (POSIX seconds), if its query says so: S3/R2's
+    ``X-Amz-Date`` + ``X-Amz-Expires`` (SigV4), Google's ``X-Goog-Date`` + ``X-Goog-Expires``,
+    or an ``Expires`` timestamp (CloudFront, S3 SigV2, GCS V2)."""
+    try:
+        query = dict(parse_qsl(urlsplit(url).query))
+    except ValueError:
+        return None
+    for prefix in ("X-Amz-", "X-Goog-"):
+        date, expires = query.get(prefix + "Date"), query.get(prefix + "Expires")
+        if date and expires and expires.isdigit():
+            try:
+                signed = datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            except ValueError:
+                return None
+            return signed.timestamp() + int(expires)
+    expires = query.get("Expires")
+    return float(expires) if expires and expires.isdigit() else None
 
 
 def display_url(url: str) -> str:

@@ -42,6 +42,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ import trio_websocket
 from ..core.checksum import Checksum
 from ..core.events import Progress
 from ..core.progress import MIB, RateMeter
+from ..core.proxyrules import ProxySettings
+from ..core.urls import signed_until
 from ..errors import (
     AuthError,
     BadResponse,
@@ -63,8 +66,10 @@ from ..errors import (
     DownloadError,
     FileExists,
     HTTPStatusError,
+    LinkExpired,
     NetworkError,
     NotFound,
+    RemoteChanged,
     ResumeError,
     ServerBusy,
     Timeout,
@@ -73,6 +78,7 @@ from ..errors import (
 )
 from ..io.dataplane import USER_AGENT
 from ..io.probe import ProbeResult
+from .aria2proxy import aria2_environment, aria2_proxy_conf, check_aria2_proxies
 from .base import Transfer, TransferResult
 from .options import Options
 from .target import Target
@@ -102,6 +108,12 @@ STATUS_KEYS = (
 )
 
 FINAL_STATES = frozenset({"complete", "error", "removed"})
+
+# A site's signed link is swapped for a fresh one this long before it expires (aria2c keeps
+# the URI it was given for every piece); one that expired anyway restarts aria2c on its
+# control file with a fresh link, at most this many times.
+RENEW_BEFORE_EXPIRY = 30.0
+MAX_RESTARTS_FOR_LINKS = 5
 
 # hashlib names (segdl's Checksum) to aria2's --checksum types.
 ARIA2_DIGESTS = {
@@ -214,13 +226,41 @@ class Aria2cEngine:
             raise DownloadError(NOT_INSTALLED)
         probe = job.probe
         _check_headers(probe.headers, probe.url)
-        async with open_aria2c(binary, job.options) as aria2:
+        proxies = job.options.proxies or ProxySettings()
+        check_aria2_proxies(proxies, [probe.url, *(m.url for m in job.mirrors)])
+        renewals = 0
+        while True:
             # aria2c spreads connections over several URIs itself, but sends one set of
             # headers to all of them: only mirrors wanting exactly the same headers join.
-            uris = [probe.url, *(m.url for m in job.mirrors if m.headers == probe.headers)]
-            await _run_download(aria2, job, uris)
+            mirrors = [m.url for m in job.mirrors if m.headers == probe.headers]
+            try:
+                async with open_aria2c(binary, job.options) as aria2:
+                    await _run_download(aria2, job, probe, mirrors)
+                break
+            except AuthError as exc:
+                # A site's signed link expired before aria2c was told a fresh one (it keeps
+                # the URI it was given for every piece): a fresh link, and aria2c goes on
+                # from its control file.
+                if job.renew is None or renewals >= MAX_RESTARTS_FOR_LINKS:
+                    raise
+                probe = await _fresh_link(job, exc)
+                renewals += 1
         # aria2c checked --checksum itself before it reported the download complete.
         return TransferResult(checksum_verified=job.options.checksum is not None)
+
+
+async def _fresh_link(job: Transfer, refused: DownloadError) -> ProbeResult:
+    assert job.renew is not None
+    try:
+        return await job.renew()
+    except RemoteChanged:
+        raise
+    except DownloadError as exc:
+        raise LinkExpired(
+            f"the download link expired and could not be renewed ({exc})",
+            url=refused.url,
+            status=403,
+        ) from exc
 
 
 def _check_headers(headers: Mapping[str, str], url: str) -> None:
@@ -289,9 +329,13 @@ def _seconds(value: float) -> int:
     return min(600, max(1, math.ceil(value)))
 
 
-async def _run_download(aria2: Aria2RPC, job: Transfer, uris: Sequence[str]) -> None:
-    probe, start, options, emit, limits = job.probe, job.target, job.options, job.emit, job.limits
+async def _run_download(
+    aria2: Aria2RPC, job: Transfer, probe: ProbeResult, mirrors: Sequence[str]
+) -> None:
+    start, options, emit, limits = job.target, job.options, job.emit, job.limits
     path = start.path
+    uris = [probe.url, *mirrors]
+    link_until = signed_until(probe.url) if job.renew is not None else None
     add_options = download_options(probe, path, options, start)
     applied_limit = _aria2_limit(options, limits)
     add_options["max-download-limit"] = str(applied_limit)
@@ -341,6 +385,11 @@ async def _run_download(aria2: Aria2RPC, job: Transfer, uris: Sequence[str]) -> 
                 connections=_int(status.get("connections")) or 0,
             )
         )
+        if link_until is not None and time.time() > link_until - RENEW_BEFORE_EXPIRY:
+            # The site's link is about to expire: swap in a fresh one while aria2c runs.
+            fresh = await _fresh_link(job, AuthError("link expiring", url=probe.url))
+            await aria2.call("aria2.changeUri", gid, 1, [str(probe.url)], [str(fresh.url)], 0)
+            probe, link_until = fresh, signed_until(fresh.url)
         limit = _aria2_limit(options, limits)
         if limit != applied_limit:
             # A limit changed while running: aria2 applies a new max-download-limit live.
@@ -521,6 +570,8 @@ async def _running(argv: list[str]) -> AsyncIterator[_Child]:
         # Not in the terminal's process group: Ctrl-C reaches segdl, which stops aria2c in
         # order (a shutdown that saves the control file), instead of both racing.
         start_new_session=True,
+        # segdl decides the proxies (aria2_proxy_conf); aria2c must not read its own.
+        env=aria2_environment(os.environ),
     )
     child = _Child(process)
     try:
@@ -692,7 +743,10 @@ async def open_aria2c(binary: str, options: Options) -> AsyncIterator[Aria2RPC]:
             conf = workdir / f"aria2-{attempt}.conf"
             log = workdir / f"aria2c-{attempt}.log"
             secret = secrets.token_hex(24)
-            await trio.to_thread.run_sync(_write_private, conf, f"rpc-secret={secret}\n")
+            # The proxies' credentials, like the secret, stay out of argv.
+            proxy_conf = aria2_proxy_conf(options.proxies or ProxySettings())
+            text = f"rpc-secret={secret}\n" + proxy_conf
+            await trio.to_thread.run_sync(_write_private, conf, text)
             port = _free_port()
             argv = _argv(binary, conf=conf, log=log, port=port, options=options)
             if bundle is not None:

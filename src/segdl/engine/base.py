@@ -8,7 +8,7 @@ never learns which site a URL came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,12 +24,16 @@ __all__ = [
     "ENGINE_NAMES",
     "Engine",
     "EventSink",
+    "Renew",
     "Transfer",
     "TransferResult",
     "get_engine",
 ]
 
 EventSink = Callable[[Event], None]
+# Asks the site again for the file: a fresh signed URL, probed and checked to be the same file
+# (raises a DownloadError, RemoteChanged when it is another file).
+Renew = Callable[[], Awaitable[ProbeResult]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +41,9 @@ class Transfer:
     """One engine run: the file (its probe and mirrors) into an opened, unfinished target.
 
     ``limits``: rate limits every connection passes (``options.max_download_limit`` comes on
-    top); ``transform`` rewrites each chunk in place before it is written (MEGA decryption).
+    top); ``transform`` rewrites each chunk in place before it is written (MEGA decryption);
+    ``renew`` gets a fresh link when the primary URL is a site's signed link that expired
+    (None: a URL the user gave, never renewed).
     """
 
     probe: ProbeResult
@@ -47,6 +53,7 @@ class Transfer:
     mirrors: tuple[ProbeResult, ...] = ()
     limits: tuple[RateLimit, ...] = ()
     transform: Transform | None = None
+    renew: Renew | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,14 +9,24 @@ file itself changing, and never when it is the last one left.
 
 from __future__ import annotations
 
+import random
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import trio
+
 from ..core.responses import Expected
-from ..errors import DownloadError, NetworkError, RemoteChanged
+from ..errors import (
+    AuthError,
+    DownloadError,
+    HTTPStatusError,
+    LinkExpired,
+    NetworkError,
+    RemoteChanged,
+)
 from ..io.dataplane import Endpoint
 from ..io.probe import ProbeResult
 from ..io.tls import client_context
@@ -24,6 +34,12 @@ from .options import Options
 
 __all__ = ["Abortable", "Mirror", "MirrorSet"]
 
+# A site's signed link is asked for again this many times in a row before giving up, with a
+# backoff between tries; and renewed at most this many times without a byte arriving between
+# (a link refused right after renewal is a real refusal, not an expiry).
+RENEW_TRIES = 3
+RENEW_BACKOFF = 1.0
+MAX_RENEWALS_WITHOUT_PROGRESS = 2
 # A mirror slower per connection than the best one by this factor over a window is dropped.
 SLOW_MIRROR_FACTOR = 8
 SLOW_MIRROR_WINDOW = 5.0
@@ -48,6 +64,8 @@ class Mirror:
     window_bytes: int = 0  # `received` when the slow-mirror window began
     speed: float = 0.0  # bytes per second per busy connection, last window it had one
     slow_windows: int = 0  # consecutive windows it was too slow
+    generation: int = 0  # how many times its link was renewed
+    renewals_without_progress: int = 0
 
     @classmethod
     def create(cls, probe: ProbeResult, options: Options, *, primary: bool) -> Mirror:
@@ -58,6 +76,15 @@ class Mirror:
     def count(self, nbytes: int) -> None:
         """Bytes fetched from this mirror (called under the ledger's lock)."""
         self.received += nbytes
+        if nbytes:
+            self.renewals_without_progress = 0
+
+    def renewed(self, probe: ProbeResult, options: Options) -> None:
+        """Fetch from *probe*'s URL from now on (a fresh link of the same file)."""
+        fresh = Mirror.create(probe, options, primary=self.primary)
+        self.probe, self.endpoint, self.ssl_context = fresh.probe, fresh.endpoint, fresh.ssl_context
+        self.generation += 1
+        self.renewals_without_progress += 1
 
     @property
     def expected(self) -> Expected:
@@ -84,12 +111,17 @@ class MirrorSet:
         *,
         lock: threading.Lock,
         on_change: Callable[[], None],
+        renew: Callable[[], Awaitable[ProbeResult]] | None = None,
     ) -> None:
         self.mirrors = [Mirror.create(primary, options, primary=True)]
         self.mirrors += [Mirror.create(m, options, primary=False) for m in others]
         self._lock = lock
         self._on_change = on_change
         self._window_start = 0.0
+        self._options = options
+        self._renew = renew
+        self._renew_lock = trio.Lock()
+        self.renewals = 0  # links renewed during this download
 
     def __len__(self) -> int:
         return len(self.mirrors)
@@ -117,6 +149,54 @@ class MirrorSet:
             conn.abort()  # their ranges are released and claimed by the others
         self._on_change()
         return True
+
+    def is_expiry(self, mirror: Mirror, exc: DownloadError) -> bool:
+        """Is *exc* the primary's signed link expiring?  Only a link a site gave us is
+        renewed: 401/403, or 400 whose body says it expired (a URL the user typed, or a
+        mirror, that answers 403 stays an authentication error)."""
+        if self._renew is None or not mirror.primary or not isinstance(exc, HTTPStatusError):
+            return False
+        return exc.status in (401, 403) or (exc.status == 400 and "expired" in exc.body.lower())
+
+    async def renew(self, mirror: Mirror, generation: int, refused: DownloadError) -> None:
+        """Give *mirror* a fresh link, unless one newer than *generation* (the link the
+        refused request used) came meanwhile.  One renewal at a time; the other connections
+        go on fetching.
+
+        Raises:
+            LinkExpired: the site could not give a fresh link (the partial is kept).
+            RemoteChanged: the fresh link names another version of the file.
+            AuthError: the fresh links are refused as well (a real refusal).
+        """
+        assert self._renew is not None
+        async with self._renew_lock:
+            if mirror.generation != generation:
+                return  # another connection renewed it while this one was refused
+            if mirror.renewals_without_progress >= MAX_RENEWALS_WITHOUT_PROGRESS:
+                raise AuthError(
+                    f"{refused} even with a fresh link from the site",
+                    url=mirror.probe.url,
+                    status=getattr(refused, "status", 0),
+                )
+            last: DownloadError = refused
+            for attempt in range(RENEW_TRIES):
+                if attempt:
+                    await trio.sleep(RENEW_BACKOFF * 2 ** (attempt - 1) * (0.5 + random.random()))
+                try:
+                    probe = await self._renew()
+                except RemoteChanged:
+                    raise
+                except DownloadError as exc:
+                    last = exc
+                    continue
+                mirror.renewed(probe, self._options)
+                self.renewals += 1
+                return
+            raise LinkExpired(
+                f"the download link expired and could not be renewed ({last})",
+                url=mirror.probe.url,
+                status=getattr(last, "status", 0),
+            )
 
     def start_window(self, now: float) -> None:
         self._window_start = now

@@ -26,6 +26,7 @@ import trio
 from ..core.events import Progress
 from ..core.pieces import Assignment
 from ..core.progress import MIB, RateMeter
+from ..core.proxyrules import ProxySettings
 from ..core.responses import ResponseHead, check_range_response, check_stream_response
 from ..errors import (
     AuthError,
@@ -37,6 +38,7 @@ from ..errors import (
     RemoteChanged,
 )
 from ..io import files
+from ..io.connect import Connector
 from ..io.dataplane import Connection, Endpoint, Transform
 from .base import Transfer, TransferResult
 from .ledger import Ledger
@@ -89,6 +91,9 @@ def _open_connection(
         connect_timeout=options.connect_timeout,
         read_timeout=options.read_timeout,
         buffer_size=options.buffer_size,
+        connector=Connector(
+            proxies=options.proxies or ProxySettings(), policy=options.destinations
+        ),
     )
 
 
@@ -152,6 +157,7 @@ class _FileDownload:
             options,
             lock=self.ledger.lock if self.ledger is not None else threading.Lock(),
             on_change=self._notify,
+            renew=job.renew,
         )
         # aria2: -s connections in all, at most -x to each server.
         self.max_connections = min(options.split, options.connections * len(self.mirrors))
@@ -267,6 +273,8 @@ class _FileDownload:
         policy = self.options.retry
         mirror = self.mirrors.pick(index)
         conn = self._new_connection(mirror)
+        generation = mirror.generation  # the link this connection was opened for
+        expired: DownloadError | None = None
         failures = 0
         try:
             while True:
@@ -276,7 +284,13 @@ class _FileDownload:
                     mirror.workers -= 1
                     mirror = self.mirrors.pick(index)
                     conn = self._new_connection(mirror)
+                    generation = mirror.generation
                     failures = 0
+                if generation != mirror.generation:
+                    # The link was renewed: requests go to the fresh one.
+                    conn.close()
+                    conn = self._new_connection(mirror)
+                    generation = mirror.generation
                 assignment = ledger.claim(self.options.min_split_size)
                 if assignment is None:
                     _, active = ledger.counters()
@@ -298,25 +312,45 @@ class _FileDownload:
                     conn.close()
                     if mirror.dropped is not None:
                         continue  # dropped while we fetched: not this connection's failure
-                    if assignment.position > before:
-                        failures = 0  # it was making progress: a fresh run of tries
-                    failures += 1
-                    if not _retryable(exc) or failures >= policy.max_tries:
-                        if not self.mirrors.drop(mirror, exc):
-                            self._fail(exc, workers)
-                            return
-                        continue
-                    retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
+                    if self.mirrors.is_expiry(mirror, exc):
+                        expired = exc  # renewed below, once the range is released
+                    else:
+                        if assignment.position > before:
+                            failures = 0  # it was making progress: a fresh run of tries
+                        failures += 1
+                        if not _retryable(exc) or failures >= policy.max_tries:
+                            if not self.mirrors.drop(mirror, exc):
+                                self._fail(exc, workers)
+                                return
+                            continue
+                        retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
                 finally:
                     mirror.connections.discard(conn)
                     ledger.release(assignment.id)
                     self._notify()
+                if expired is not None:
+                    refused, expired = expired, None
+                    if not await self._renewed(mirror, generation, refused, workers):
+                        return
+                    continue
                 await trio.sleep(
                     policy.delay(failures, retry_after=retry_after, rand=self.rng.random())
                 )
         finally:
             conn.close()
             mirror.workers -= 1
+
+    async def _renewed(
+        self, mirror: Mirror, generation: int, refused: DownloadError, workers: trio.CancelScope
+    ) -> bool:
+        """Renew *mirror*'s expired link; False when the download cannot go on."""
+        try:
+            await self.mirrors.renew(mirror, generation, refused)
+        except DownloadError as exc:
+            if not self.mirrors.drop(mirror, exc):
+                self._fail(exc, workers)
+                return False
+        return True
 
     def _fail(self, exc: DownloadError, workers: trio.CancelScope) -> None:
         if self.fatal is None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..core.checksum import Checksum
+from ..core.destinations import DestinationPolicy
+from ..core.proxyrules import ProxySettings
 
-__all__ = ["MIB", "Options", "RetryPolicy"]
+__all__ = ["MIB", "Options", "RetryPolicy", "environment_proxies"]
 
 MIB = 1024 * 1024
 
@@ -40,6 +43,14 @@ class RetryPolicy:
         return backoff * (1 - self.jitter * rand)
 
 
+def environment_proxies() -> ProxySettings:
+    """``http_proxy``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``… as curl reads them.
+
+    Raises ValueError (:class:`~segdl.core.proxyrules.ProxyConfigError`) for a proxy URL
+    segdl cannot use, naming the variable."""
+    return ProxySettings.from_environment(os.environ)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Options:
     """How to download.  The names follow aria2c's long options.
@@ -59,6 +70,12 @@ class Options:
     ``buffer_size``       bytes read per write; one buffer per connection
     ``compute_sha256``    hash the finished file and report it in the success event
     ``max_download_limit``  ``--max-download-limit``: bytes/s for this download (None: no limit)
+    ``proxies``           proxies for every request (probe, site APIs, data connections):
+                          aria2c's ``--all-proxy``… flags over the environment's, see
+                          :mod:`segdl.core.proxyrules`; None: the environment's, read
+                          when the download's request is built (an engine run by hand with
+                          None uses no proxy)
+    ``destinations``      where downloads may connect (``segdl serve``'s policy); None: anywhere
     """
 
     connections: int = 16
@@ -78,6 +95,8 @@ class Options:
     buffer_size: int = MIB
     compute_sha256: bool = False
     max_download_limit: int | None = None
+    proxies: ProxySettings | None = None
+    destinations: DestinationPolicy | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.connections <= 16:

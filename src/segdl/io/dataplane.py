@@ -39,8 +39,10 @@ from ..core.headers import (
     parse_content_range,
     parse_retry_after,
 )
+from ..core.proxyrules import ProxyURL
 from ..core.responses import ResponseHead
 from ..core.urls import HttpURL
+from ..core.useragent import USER_AGENT
 from ..errors import (
     BadResponse,
     DiskError,
@@ -50,16 +52,18 @@ from ..errors import (
     Timeout,
     status_error,
 )
+from .connect import AbortSignal, Connector, proxy_auth_error, proxy_headers
 
-__all__ = ["Connection", "Endpoint"]
+__all__ = ["USER_AGENT", "Connection", "Endpoint"]
 
-USER_AGENT = "segdl/0.1"
 # One splice moves at most a pipe's capacity; 1 MiB is Linux's default pipe-max-size.
 PIPE_SIZE = 1024 * 1024
 # A chunk slower than this halves the next one, down to MIN_CHUNK.
 SLOW_CHUNK_SECONDS = 0.25
 MIN_CHUNK = 64 * 1024
 _HEAD_LIMIT = 64 * 1024
+# An error body is read when it is at most this long (to tell an expired link from a refusal).
+ERROR_BODY_LIMIT = 4096
 
 
 # Rewrites a chunk in place before it is written; told the chunk's offset in the file.
@@ -99,8 +103,14 @@ class Connection:
         connect_timeout: float,
         read_timeout: float,
         buffer_size: int = 1024 * 1024,
+        connector: Connector | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # Proxies and the destination policy (io/connect.py); by default a direct connection.
+        self._connector = connector or Connector()
+        self._connecting = AbortSignal()
+        # Set when plain HTTP goes through an HTTP proxy: requests in absolute form to it.
+        self._forward_proxy: ProxyURL | None = None
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -127,14 +137,16 @@ class Connection:
 
     def _connect(self) -> socket.socket:
         ep = self.endpoint
-        try:
-            raw = socket.create_connection((ep.host, ep.port), timeout=self._connect_timeout)
-        except TimeoutError as exc:
-            raise Timeout(f"connect timeout to {ep.host_header}", url=ep.url) from exc
-        except OSError as exc:
-            raise NetworkError(
-                f"cannot connect to {ep.host_header}: {_os_reason(exc)}", url=ep.url
-            ) from exc
+        opened = self._connector.open(
+            ep.scheme,
+            ep.host,
+            ep.port,
+            timeout=self._connect_timeout,
+            signal=self._connecting,
+            url=ep.url,
+        )
+        raw = opened.sock
+        self._forward_proxy = opened.forward_proxy
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Large receive buffers let the kernel keep the window open while Python writes.
@@ -172,6 +184,8 @@ class Connection:
 
     def abort(self) -> None:
         """Wake and fail whatever the owning thread is blocked on.  Thread-safe."""
+        # A connect in progress (happy eyeballs, a proxy handshake) fails at once too.
+        self._connecting.abort()
         with self._lock:
             self._aborted.set()
             sock = self._sock
@@ -242,7 +256,12 @@ class Connection:
         if rng is not None:
             fields.append(("Range", rng))
         fields.extend((k, v) for k, v in headers.items() if k.lower() not in ("host", "range"))
-        data = conn.send(h11.Request(method=method, target=ep.target, headers=fields))
+        target = ep.target
+        if self._forward_proxy is not None:
+            # RFC 9112 §3.2.2: a request to a proxy names the whole URL (without userinfo).
+            target = f"{ep.scheme}://{ep.host_header}{ep.target}"
+            fields.extend(proxy_headers(self._forward_proxy).items())
+        data = conn.send(h11.Request(method=method, target=target, headers=fields))
         assert data is not None
         self.reusable = False
         self._pending = b""
@@ -277,12 +296,15 @@ class Connection:
 
         head = self._parse_head(event)
         self._pending = conn.trailing_data[0]
+        if head.status == 407 and self._forward_proxy is not None:
+            raise proxy_auth_error(self._forward_proxy, ep.url)
         if head.status >= 400:
             raise status_error(
                 head.status,
                 head.reason,
                 url=ep.url,
                 retry_after=_retry_after(head.headers.get("retry-after")),
+                body=self._error_body(head) if head.status in (400, 401, 403) else "",
             )
         if head.status >= 300:
             raise BadResponse(
@@ -293,6 +315,25 @@ class Connection:
         self._head = head
         self._h11 = conn
         return head
+
+    def _error_body(self, head: ResponseHead) -> str:
+        """The start of a short error body (an expired signature says so only there, e.g.
+        S3's ``<Message>Request has expired</Message>``); "" when there is none to read."""
+        length = head.content_length
+        if length is None or length > ERROR_BODY_LIMIT or head.chunked:
+            return ""
+        data = bytearray(self._pending[:length])
+        sock = self._sock
+        try:
+            while sock is not None and len(data) < length:
+                chunk = sock.recv(length - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except (OSError, ssl.SSLError):
+            pass  # the status says enough; the body was only a hint
+        self.reusable = False
+        return data.decode("utf-8", "replace")
 
     def _parse_head(self, event: h11.Response) -> ResponseHead:
         headers: dict[str, str] = {}

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -29,16 +30,17 @@ from ..core.headers import (
     parse_content_disposition_filename,
     sanitize_filename,
 )
+from ..core.proxyrules import ProxySettings
 from ..core.urls import HttpURL
-from ..engine.base import Engine, EventSink, Transfer, get_engine
+from ..engine.base import Engine, EventSink, Renew, Transfer, get_engine
 from ..engine.options import Options, RetryPolicy
 from ..engine.target import finish_target, open_target, restart_target
 from ..engine.throttle import RateLimit
 from ..errors import BadResponse, DownloadError, HTTPStatusError, RemoteChanged, redact_url
+from ..io.control import open_control_client
 from ..io.dataplane import Transform
 from ..io.files import check_writable_dir
 from ..io.probe import ProbeResult, probe
-from ..io.tls import client_context
 from ..sources.base import DownloadPlan
 from .modelfolder import choose_directory, find_copy, write_metadata
 from .request import DownloadRequest
@@ -80,10 +82,14 @@ async def run_download(request: DownloadRequest, emit: EventSink) -> Success:
 
 
 def _control_client(options: Options) -> httpx.AsyncClient:
-    """The control-plane client: resolvers' API calls and the probe."""
-    timeout = httpx.Timeout(options.read_timeout, connect=options.connect_timeout)
-    verify = client_context(options.ca_certificate)
-    return httpx.AsyncClient(verify=verify, timeout=timeout, trust_env=False)
+    """The control-plane client: resolvers' API calls and the probe (proxies, policy, TLS)."""
+    return open_control_client(
+        proxies=options.proxies or ProxySettings(),
+        destinations=options.destinations,
+        ca_certificate=options.ca_certificate,
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+    )
 
 
 async def _download(request: DownloadRequest, emit: EventSink) -> Success:
@@ -112,7 +118,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             site_headers = {**plan.headers, **options.headers}
             candidates = [(u, site_headers) for u in plan.urls]
             candidates += [(u, dict(options.headers)) for u in (*plan.mirrors, *request.mirrors)]
-            probed, mirrors = await probe_sources(client, candidates, options.retry)
+            probed, mirrors, primary = await probe_sources(client, candidates, options.retry)
             if plan.size is not None and probed.size is not None and plan.size != probed.size:
                 raise BadResponse(
                     f"the server's file is {probed.size} bytes but {plan.source} says {plan.size}",
@@ -122,6 +128,10 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             if options.checksum is None and plan.sha256:
                 run_options = replace(options, checksum=Checksum("sha256", plan.sha256.lower()))
             path = directory / _filename(request.out, probed, plan, request.source.url)
+            renew = None
+            if plan.source != "direct" and primary < len(plan.urls):
+                # A link the site gave (signed for a while): asked for again when it expires.
+                renew = partial(_fresh_link, request, client, probed, plan)
             try:
                 result = await fetch_probed(
                     probed,
@@ -132,6 +142,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
                     mirrors=mirrors,
                     limits=request.limits,
                     transform=plan.transform,
+                    renew=renew,
                 )
             except RemoteChanged:
                 if attempt >= MAX_RESTARTS:
@@ -156,6 +167,7 @@ async def fetch_probed(
     mirrors: Sequence[ProbeResult] = (),
     limits: Sequence[RateLimit] = (),
     transform: Transform | None = None,
+    renew: Renew | None = None,
 ) -> Success:
     """Open the target, let *engine* fill it, finish it: the part of the flow after the probe.
 
@@ -187,6 +199,7 @@ async def fetch_probed(
             mirrors=tuple(mirrors),
             limits=tuple(limits),
             transform=transform,
+            renew=renew,
         )
         checksum_verified = (await engine.transfer(job)).checksum_verified
     return await trio.to_thread.run_sync(
@@ -194,12 +207,40 @@ async def fetch_probed(
     )
 
 
+async def _fresh_link(
+    request: DownloadRequest, client: httpx.AsyncClient, probed: ProbeResult, plan: DownloadPlan
+) -> ProbeResult:
+    """Ask the site again for the file (its signed link expired) and check that the fresh
+    link serves the same file: size, and ETag and sha256 where both sides know them.
+
+    Raises:
+        RemoteChanged: the fresh link serves another file (the flow restarts).
+        DownloadError: the site could not give one.
+    """
+    fresh = await request.source.resolve(client=client, config=request.sites)
+    headers = {**fresh.headers, **request.options.headers}
+    candidates = [(u, headers) for u in fresh.urls]
+    renewed, _, _ = await probe_sources(client, candidates, request.options.retry)
+    same = renewed.size == probed.size
+    if same and renewed.etag and probed.etag:
+        same = renewed.etag.removeprefix("W/") == probed.etag.removeprefix("W/")
+    if same and fresh.sha256 and plan.sha256:
+        same = fresh.sha256.lower() == plan.sha256.lower()
+    if not same:
+        raise RemoteChanged(
+            f"{plan.source}'s fresh link serves another file than the one being downloaded",
+            url=renewed.url,
+        )
+    return renewed
+
+
 async def probe_sources(
     client: httpx.AsyncClient,
     candidates: Sequence[tuple[HttpURL, Mapping[str, str]]],
     policy: RetryPolicy,
-) -> tuple[ProbeResult, list[ProbeResult]]:
-    """Probe every URL of the file at once: the first that answers, and usable mirrors.
+) -> tuple[ProbeResult, list[ProbeResult], int]:
+    """Probe every URL of the file at once: the first that answers, usable mirrors, and which
+    candidate the first is.
 
     Mirrors must agree on the size (two sizes mean two different files: refused, rather
     than mixing them); a mirror that fails its probe or cannot serve ranges is left out.
@@ -253,7 +294,7 @@ async def probe_sources(
         for r in answered
         if r is not primary and r.size is not None and r.accepts_ranges and primary.accepts_ranges
     ]
-    return primary, mirrors
+    return primary, mirrors, results.index(primary)
 
 
 def _filename(out: str | None, probed: ProbeResult, plan: DownloadPlan, url: str) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypedDict
 
+from ..core.proxyrules import ProxySettings
 from ..core.urls import HttpURL
 from ..engine.base import ENGINE_NAMES
 from ..engine.options import Options
@@ -105,12 +106,20 @@ def build_request(
     if engine not in ENGINE_NAMES:
         raise DownloadError(f"unknown engine {engine!r}: choose native, single or aria2c")
     sites = SourceConfig.from_env(civitai_token=civitai_token, hf_token=hf_token, environ=environ)
+    options = options or Options()
+    if options.proxies is None:
+        # The proxies of the environment, read here, once, as curl reads them.
+        try:
+            proxies = ProxySettings.from_environment(os.environ if environ is None else environ)
+        except ValueError as exc:
+            raise DownloadError(str(exc)) from exc
+        options = replace(options, proxies=proxies)
     return DownloadRequest(
         source=parse_source(urls[0], sites),
         mirrors=tuple(HttpURL.parse(u) for u in urls[1:]),
         directory=Path(directory),
         out=out,
-        options=options or Options(),
+        options=options,
         sites=sites,
         limits=tuple(limits),
         engine=engine,

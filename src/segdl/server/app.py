@@ -46,7 +46,7 @@ import logging
 import math
 import secrets
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn, TypeGuard
 from urllib.parse import urlsplit
@@ -55,6 +55,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from ..core.clientids import ClientIds
+from ..core.destinations import DestinationPolicy
 from ..core.folders import AUTO, model_folder
 from ..engine.options import Options
 from ..errors import DownloadError, redact_url
@@ -119,6 +120,20 @@ class ServeSettings:
     reconnect_probe_timeout: float = 5.0
     # The largest model a client may upload; None for no cap.
     max_upload_size: int | None = 64 * 1024**3
+    # Private and loopback destinations, refused when listening beyond loopback, are allowed.
+    allow_private_urls: bool = False
+
+    def download_options(self) -> Options:
+        """The downloads' options, with the destination policy (core/destinations.py): what a
+        client may make this machine fetch depends on who can reach the server."""
+        options = self.options or Options()
+        if options.destinations is not None:
+            return options
+        policy = DestinationPolicy.for_server(
+            listens_beyond_loopback=not is_loopback(self.host),
+            allow_private_urls=self.allow_private_urls,
+        )
+        return replace(options, destinations=policy)
 
 
 @dataclass(frozen=True)
@@ -199,7 +214,7 @@ async def serve_segdl(
             nursery,
             settings.models_dir,
             max_concurrent=settings.max_concurrent,
-            options=settings.options,
+            options=settings.download_options(),
             engine=settings.engine,
             run=settings.run,
             overall_limit=settings.max_overall_download_limit or None,

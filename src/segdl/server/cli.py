@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..core.proxyrules import ProxySettings
 from ..core.sizes import parse_size
+from ..engine.options import environment_proxies
 from . import DEFAULT_PASSWORD
 
 if TYPE_CHECKING:
@@ -22,7 +24,13 @@ if TYPE_CHECKING:
 # ``.app`` (trio-websocket, wsproto) is imported only when the server runs: every
 # ``segdl get`` builds this parser, and should not pay for the server's imports.
 
-__all__ = ["add_serve_arguments", "run_serve", "startup_warning"]
+__all__ = [
+    "add_proxy_arguments",
+    "add_serve_arguments",
+    "proxies_from_args",
+    "run_serve",
+    "startup_warning",
+]
 
 EXIT_OK = 0
 EXIT_UNKNOWN = 1
@@ -96,6 +104,48 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="a web origin whose pages may connect (repeatable; '*' for any). "
         "The server's own page always may",
     )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let clients download from private and loopback addresses although the server "
+        "listens beyond loopback (link-local and cloud metadata addresses stay refused)",
+    )
+    add_proxy_arguments(parser)
+
+
+def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "proxies",
+        "as curl and aria2c: the flags override http_proxy, HTTPS_PROXY, ALL_PROXY and NO_PROXY "
+        "(lower or upper case; http_proxy lower case only, as in curl). A proxy is "
+        "[http://|socks5://|socks5h://][USER:PASSWORD@]HOST[:PORT]; an empty value means none",
+    )
+    group.add_argument(
+        "--all-proxy", metavar="PROXY", help="proxy for every URL (default: $ALL_PROXY)"
+    )
+    group.add_argument(
+        "--http-proxy", metavar="PROXY", help="proxy for http:// URLs (default: $http_proxy)"
+    )
+    group.add_argument(
+        "--https-proxy", metavar="PROXY", help="proxy for https:// URLs (default: $HTTPS_PROXY)"
+    )
+    group.add_argument(
+        "--no-proxy",
+        metavar="LIST",
+        help="hosts, domains, IP addresses and CIDR blocks reached without a proxy, separated "
+        "by commas; '*' for all (default: $NO_PROXY)",
+    )
+
+
+def proxies_from_args(args: argparse.Namespace) -> ProxySettings:
+    """The flags over the environment.  Raises ValueError (one line, no credentials)."""
+    flags = ProxySettings.from_strings(
+        all_proxy=args.all_proxy,
+        http_proxy=args.http_proxy,
+        https_proxy=args.https_proxy,
+        no_proxy=args.no_proxy,
+    )
+    return flags.over(environment_proxies())
 
 
 def _ssl_context(certfile: Path, keyfile: Path | None) -> ssl.SSLContext:
@@ -150,6 +200,13 @@ def run_serve(args: argparse.Namespace) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"segdl: error: {exc}", file=sys.stderr)
         return EXIT_UNKNOWN
+    from ..engine.options import Options
+
+    try:
+        options = Options(proxies=proxies_from_args(args))
+    except ValueError as exc:
+        print(f"segdl: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_OPTION
     warning = startup_warning(args.host, args.password)
     if warning:
         print(f"segdl serve: WARNING: {warning}", file=sys.stderr)
@@ -167,6 +224,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_message_size=max_message_size,
         max_upload_size=max_upload_size,
         reconnect_grace=args.reconnect_grace,
+        options=options,
+        allow_private_urls=args.allow_private_urls,
     )
     print("segdl serve: deriving the key…", file=sys.stderr)
     from .wire import Scheme

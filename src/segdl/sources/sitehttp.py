@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..core.useragent import USER_AGENT
 from ..errors import BadResponse, redact_url
 from ..io.probe import httpx_errors
 
@@ -31,7 +32,6 @@ __all__ = [
     "site_path",
 ]
 
-USER_AGENT = "segdl/0.1 (+https://github.com/segdl/segdl)"
 # Error pages and API answers are small; a "JSON" answer larger than this is not one.
 MAX_BODY = 16 * 1024 * 1024
 

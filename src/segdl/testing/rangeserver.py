@@ -147,6 +147,8 @@ class RequestRecord:
     #: Same number for every request served on one (keep-alive) connection.
     connection_id: int
     fault: Fault | None = None
+    #: The client's address (the peer of the TCP connection): a proxy's, when one was used.
+    peer: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -736,6 +738,7 @@ class RangeServer:
         self._accept_thread: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
         self._live: dict[int, socket.socket] = {}
+        self._peers: dict[int, str] = {}
         self._next_connection_id = 1
         self._bytes_sent = 0
         self._next_index = 0
@@ -925,6 +928,10 @@ class RangeServer:
             connection_id = self._next_connection_id
             self._next_connection_id += 1
             self._live[connection_id] = sock
+            try:
+                self._peers[connection_id] = str(sock.getpeername()[0])
+            except OSError:
+                self._peers[connection_id] = ""
             self._threads = [t for t in self._threads if t.is_alive()]
             thread = threading.Thread(
                 target=self._serve_connection,
@@ -1134,6 +1141,7 @@ class RangeServer:
             body_bytes=body_bytes,
             connection_id=info.connection_id,
             fault=fault,
+            peer=self._peers.get(info.connection_id, ""),
         )
         with self._changed:
             if previous is None:

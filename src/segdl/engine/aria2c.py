@@ -229,19 +229,24 @@ class Aria2cEngine:
         proxies = job.options.proxies or ProxySettings()
         check_aria2_proxies(proxies, [probe.url, *(m.url for m in job.mirrors)])
         renewals = 0
+        progress = _Progress()
         while True:
             # aria2c spreads connections over several URIs itself, but sends one set of
             # headers to all of them: only mirrors wanting exactly the same headers join.
             mirrors = [m.url for m in job.mirrors if m.headers == probe.headers]
+            before = progress.completed
             try:
                 async with open_aria2c(binary, job.options) as aria2:
-                    await _run_download(aria2, job, probe, mirrors)
+                    await _run_download(aria2, job, probe, mirrors, progress)
                 break
-            except AuthError as exc:
+            except (AuthError, BadResponse) as exc:
                 # A site's signed link expired before aria2c was told a fresh one (it keeps
                 # the URI it was given for every piece): a fresh link, and aria2c goes on
-                # from its control file.
-                if job.renew is None or renewals >= MAX_RESTARTS_FOR_LINKS:
+                # from its control file.  aria2c reports it as an auth failure, or, once the
+                # refused URI was its last, as "No URI available".
+                expired = isinstance(exc, AuthError) or "no uri available" in str(exc).lower()
+                stuck = renewals and progress.completed <= before  # a fresh link did not help
+                if not expired or job.renew is None or stuck or renewals >= MAX_RESTARTS_FOR_LINKS:
                     raise
                 probe = await _fresh_link(job, exc)
                 renewals += 1
@@ -329,8 +334,17 @@ def _seconds(value: float) -> int:
     return min(600, max(1, math.ceil(value)))
 
 
+@dataclass
+class _Progress:
+    completed: int = 0  # aria2c's completedLength at its last report
+
+
 async def _run_download(
-    aria2: Aria2RPC, job: Transfer, probe: ProbeResult, mirrors: Sequence[str]
+    aria2: Aria2RPC,
+    job: Transfer,
+    probe: ProbeResult,
+    mirrors: Sequence[str],
+    progress: _Progress,
 ) -> None:
     start, options, emit, limits = job.target, job.options, job.emit, job.limits
     path = start.path
@@ -350,6 +364,7 @@ async def _run_download(
             # aria2c loads the control file only once the first response gave the size;
             # until then its count says nothing about what the partial holds.
             downloaded = max(downloaded, start.resumed_bytes)
+        progress.completed = max(progress.completed, downloaded)
         if state == "complete":
             emit(
                 Progress(

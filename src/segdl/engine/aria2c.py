@@ -2,7 +2,9 @@
 
 The file decisions (resume, restart, complete, exists) are made before any engine runs
 (:mod:`segdl.engine.target`), so both engines treat a partial alike; the sidecar is aria2's
-own control file, which is why a download may change engine between runs.
+own control file, which is why a download may change engine between runs.  aria2c writes
+the partial (its ``out`` is ``NAME.part``); segdl verifies and publishes it, as for any
+engine.
 
 One aria2c per download, started with ``--enable-rpc`` on a free 127.0.0.1 port.  What must
 stay private never reaches argv, which any local user can read (``/proc/PID/cmdline``): the RPC
@@ -71,6 +73,7 @@ from ..errors import (
     redact_url,
     status_error,
 )
+from ..io import files
 from ..io.dataplane import USER_AGENT
 from ..io.probe import ProbeResult
 from .base import Transfer, TransferResult
@@ -214,11 +217,19 @@ class Aria2cEngine:
             raise DownloadError(NOT_INSTALLED)
         probe = job.probe
         _check_headers(probe.headers, probe.url)
-        async with open_aria2c(binary, job.options) as aria2:
-            # aria2c spreads connections over several URIs itself, but sends one set of
-            # headers to all of them: only mirrors wanting exactly the same headers join.
-            uris = [probe.url, *(m.url for m in job.mirrors if m.headers == probe.headers)]
-            await _run_download(aria2, job, uris)
+        try:
+            async with open_aria2c(binary, job.options) as aria2:
+                # aria2c spreads connections over several URIs itself, but sends one set of
+                # headers to all of them: only mirrors wanting exactly the same headers join.
+                uris = [probe.url, *(m.url for m in job.mirrors if m.headers == probe.headers)]
+                await _run_download(aria2, job, uris)
+        finally:
+            # aria2c rewrote the control file without segdl's trailer; once it has stopped,
+            # the validators go back in, so that the next run still sees a changed file.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(
+                    files.seal_control, job.target.path, job.target.validators
+                )
         # aria2c checked --checksum itself before it reported the download complete.
         return TransferResult(checksum_verified=job.options.checksum is not None)
 
@@ -322,7 +333,8 @@ async def _run_download(aria2: Aria2RPC, job: Transfer, uris: Sequence[str]) -> 
             code = _int(status.get("errorCode")) or 1
             if code == 32 and options.checksum is not None:
                 raise ChecksumMismatch(
-                    f"checksum mismatch for {path.name}: expected {options.checksum.algorithm} "
+                    f"checksum mismatch for {start.final.name}: expected "
+                    f"{options.checksum.algorithm} "
                     f"{options.checksum.hexdigest} (checked by aria2c)",
                     url=probe.url,
                 )

@@ -1,7 +1,12 @@
 """The flow of one download, the same for every engine and every way in.
 
     resolve the source ─▶ probe its URLs ─▶ open the target ─▶ Started
-        ─▶ the engine fills the target ─▶ finish the target (verify, clean) ─▶ Success
+        ─▶ the engine fills NAME.part ─▶ verify it (size, checksum, the source's own check)
+        ─▶ publish it as NAME ─▶ after-publish steps ─▶ Success
+
+Opening the target may find the file already there and current (segdl's record of it, or a
+checksum, says so): then nothing is fetched and the flow goes straight to the after-publish
+steps.  A file that fails verification is deleted, never published.
 
 A file that changes on the server while it is fetched (:class:`~segdl.errors.RemoteChanged`)
 restarts the flow from a fresh resolve, at most :data:`MAX_RESTARTS` times: two versions are
@@ -14,7 +19,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,9 +37,16 @@ from ..core.headers import (
 from ..core.urls import HttpURL
 from ..engine.base import Engine, EventSink, Transfer, get_engine
 from ..engine.options import Options, RetryPolicy
-from ..engine.target import finish_target, open_target, restart_target
+from ..engine.target import open_target, publish_target, reject, restart_target, verify_target
 from ..engine.throttle import RateLimit
-from ..errors import BadResponse, DownloadError, HTTPStatusError, RemoteChanged, redact_url
+from ..errors import (
+    BadResponse,
+    ChecksumMismatch,
+    DownloadError,
+    HTTPStatusError,
+    RemoteChanged,
+    redact_url,
+)
 from ..io.dataplane import Transform
 from ..io.files import check_writable_dir
 from ..io.probe import ProbeResult, probe
@@ -42,10 +54,15 @@ from ..io.tls import client_context
 from ..sources.base import DownloadPlan
 from .request import DownloadRequest
 
-__all__ = ["MAX_RESTARTS", "fetch_probed", "run_download"]
+__all__ = ["MAX_RESTARTS", "AfterPublish", "fetch_probed", "run_download"]
 
 # A file that changes under us twice in a row is being rewritten: stop rather than loop.
 MAX_RESTARTS = 2
+
+# A step run once the model is under its name, with the Success that says where (issue 15's
+# sha256 index and metadata files belong here).  It runs whether this run published the
+# file or found it already there, and never after a failure.
+AfterPublish = Callable[[Success], Awaitable[None]]
 
 
 async def run_download(request: DownloadRequest, emit: EventSink) -> Success:
@@ -112,8 +129,11 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             if options.checksum is None and plan.sha256:
                 run_options = replace(options, checksum=Checksum("sha256", plan.sha256.lower()))
             path = request.directory / _filename(request.out, probed, plan, request.source.url)
+            # Steps after publishing, in order (the sha256 index, metadata files: issue 15
+            # items 5-7 add theirs here).
+            after_publish: list[AfterPublish] = []
             try:
-                result = await fetch_probed(
+                return await fetch_probed(
                     probed,
                     path,
                     run_options,
@@ -122,6 +142,8 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
                     mirrors=mirrors,
                     limits=request.limits,
                     transform=plan.transform,
+                    verify=plan.verify,
+                    after_publish=after_publish,
                 )
             except RemoteChanged:
                 if attempt >= MAX_RESTARTS:
@@ -129,9 +151,6 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
                 # Never mix two versions: drop the partial and start over from a new probe.
                 await trio.to_thread.run_sync(restart_target, path)
                 continue
-            if plan.verify is not None:
-                await plan.verify(path)
-            return result
     raise AssertionError("unreachable")
 
 
@@ -145,42 +164,61 @@ async def fetch_probed(
     mirrors: Sequence[ProbeResult] = (),
     limits: Sequence[RateLimit] = (),
     transform: Transform | None = None,
+    verify: Callable[[Path], Awaitable[None]] | None = None,
+    after_publish: Sequence[AfterPublish] = (),
 ) -> Success:
-    """Open the target, let *engine* fill it, finish it: the part of the flow after the probe.
+    """Open the target, let *engine* fill it, verify it, publish it at *path*: the part of
+    the flow after the probe.
+
+    *verify* is the source's own check of the finished partial (MEGA's MAC), run after the
+    checksum and before the file gets its name; *after_publish* run once it has it.
 
     Raises:
         DownloadError: :class:`RemoteChanged` means the server's file is not the one the
             partial came from (the caller restarts after a new probe).
+            :class:`ChecksumMismatch`: the file failed a check and was deleted.
     """
     engine.check(transform is not None)  # before anything is written
     target = await trio.to_thread.run_sync(open_target, path, probed, options)
     emit(Started(filename=path.name, size=probed.size, path=str(path)))
     checksum_verified = False
-    if target.complete:
-        emit(
-            Progress(
-                progress=1.0,
-                rate=0.0,
-                eta=0.0,
-                downloaded=target.resumed_bytes,
-                total=target.resumed_bytes,
-                connections=0,
+    try:
+        if target.complete:
+            emit(
+                Progress(
+                    progress=1.0,
+                    rate=0.0,
+                    eta=0.0,
+                    downloaded=target.resumed_bytes,
+                    total=target.resumed_bytes,
+                    connections=0,
+                )
+            )
+        else:
+            job = Transfer(
+                probe=probed,
+                target=target,
+                options=options,
+                emit=emit,
+                mirrors=tuple(mirrors),
+                limits=tuple(limits),
+                transform=transform,
+            )
+            checksum_verified = (await engine.transfer(job)).checksum_verified
+        verified = await trio.to_thread.run_sync(
+            lambda: verify_target(
+                target, options, url=probed.url, checksum_verified=checksum_verified
             )
         )
-    else:
-        job = Transfer(
-            probe=probed,
-            target=target,
-            options=options,
-            emit=emit,
-            mirrors=tuple(mirrors),
-            limits=tuple(limits),
-            transform=transform,
-        )
-        checksum_verified = (await engine.transfer(job)).checksum_verified
-    return await trio.to_thread.run_sync(
-        lambda: finish_target(target, options, url=probed.url, checksum_verified=checksum_verified)
-    )
+        if verify is not None and not target.published:
+            await verify(target.path)
+    except ChecksumMismatch as exc:
+        # The bytes are wrong: gone, so that the next run downloads them anew.
+        raise await trio.to_thread.run_sync(reject, target, exc) from exc
+    result = await trio.to_thread.run_sync(publish_target, target, verified)
+    for step in after_publish:
+        await step(result)
+    return result
 
 
 async def probe_sources(
@@ -247,7 +285,7 @@ async def probe_sources(
 
 def _filename(out: str | None, probed: ProbeResult, plan: DownloadPlan, url: str) -> str:
     """``-o``, else Content-Disposition, else the site's name, else the URL (sanitised)."""
-    # Short enough that the sidecars' names (NAME.aria2__temp) fit in a directory entry too.
+    # Short enough that the partial's names (NAME.part.aria2__temp) fit in a directory entry.
     limit = MAX_PARTIAL_NAME_BYTES
     if out:
         return sanitize_filename(out, max_bytes=limit)

@@ -326,7 +326,7 @@ async def test_resume_after_interruption_re_resolves_the_expired_storage_url(
         url = fake.site.url("/api/download/models/2002")
         await interrupted(url, source_env, after_bytes=MIB, civitai_token=TOKEN)
         path = source_env / "dreamModel_v20.safetensors"
-        assert (source_env / "dreamModel_v20.safetensors.aria2").exists()
+        assert (source_env / "dreamModel_v20.safetensors.part.aria2").exists()
         first = len(fake.storage.requests)
         first_bytes = sum(r.body_bytes for r in fake.storage.requests)
         fake.expire_storage_urls()

@@ -423,13 +423,18 @@ def verify_target(
 def publish_target(target: Target, verified: Verified) -> Success:
     """Put the verified file under the model's name and record it; say Success.
 
-    The record is written first, describing the partial (a rename keeps the inode and the
-    modification time): a crash after the rename finds the file and its record agreeing.
-    Then the sidecars go: the partial's control file, aria2c's control file of a partial
-    that was at the model's name, segdl 0.1's validators file.  Nothing else is left.
+    In this order, each step safe to interrupt: the partial is made durable and its control
+    file goes (a complete partial without one is published by the next run, without a data
+    request); the record is written, describing the partial (a rename keeps the inode and
+    the modification time); the rename replaces whatever is at the name in one step, and
+    the directory is fsynced; then what described a partial at the model's name goes too
+    (aria2c's NAME.aria2, segdl 0.1's NAME.segdl).  Nothing else is left in the folder.
     """
     final = target.final
     path = final if target.published else target.path
+    if not target.published:
+        files.sync_file(path)
+        files.remove_sidecars(path)
     try:
         found = path.stat()
     except OSError as exc:
@@ -438,8 +443,7 @@ def publish_target(target: Target, verified: Verified) -> Success:
         record = PublishedRecord(records.identity_of(found), target.validators, verified.sha256)
         records.write_record(final, record)
     if not target.published:
-        files.publish(target.path, final)
-        files.remove_sidecars(target.path)
+        files.publish(path, final)
         files.remove_sidecars(final)
     return Success(path=str(final), size=found.st_size, sha256=verified.sha256)
 

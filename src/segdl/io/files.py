@@ -42,6 +42,7 @@ __all__ = [
     "read_sealed",
     "remove_sidecars",
     "seal_control",
+    "sync_file",
     "write_atomic",
     "write_control",
 ]
@@ -321,16 +322,24 @@ def discard(path: Path) -> None:
     remove_sidecars(path)
 
 
-def publish(partial: Path, final: Path) -> None:
-    """Put the verified *partial* under its *final* name: fsync the data, rename it over
-    whatever is there (atomically: a reader sees the old file or the new, never a mix),
-    fsync the directory so the rename survives a power loss."""
+def sync_file(path: Path) -> None:
+    """fsync the file at *path*: its data is on disk when this returns."""
     try:
-        fd = os.open(partial, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError as exc:
+        raise disk_error(exc, f"cannot flush {path} to disk") from exc
+
+
+def publish(partial: Path, final: Path) -> None:
+    """Put the verified *partial* under its *final* name: fsync the data, rename it over
+    whatever is there (atomically: a reader sees the old file or the new, never a mix),
+    fsync the directory so the rename survives a power loss."""
+    sync_file(partial)
+    try:
         os.replace(partial, final)
     except OSError as exc:
         raise disk_error(exc, f"cannot rename {partial.name} to {final.name}") from exc

@@ -399,6 +399,42 @@ async def test_a_second_request_for_a_finished_file_succeeds_at_once(
     assert sorted(p.name for p in (tmp_path / "LoRA").iterdir()) == ["twice.bin"]
 
 
+async def test_a_changed_file_is_replaced_safely(tmp_path: Path, range_server: RangeServer) -> None:
+    """The server's file changed since the first download: asked again, the new one
+    downloads beside the old, which stays intact through a cancelled try, and replaces it
+    once complete and verified."""
+    old, new = os.urandom(2 * MIB + 5), os.urandom(3 * MIB + 7)
+    range_server.add("/m.safetensors", Resource(body=old, etag='"v1"'))
+    url = range_server.url("/m.safetensors")
+    final = tmp_path / "LoRA" / "m.safetensors"
+    settings = ServeSettings(options=options())
+    with trio.fail_after(60):
+        async with open_server(tmp_path, settings) as info, open_client(info.port) as client:
+            first = await request(client, "download", {"type": "LoRA", "url": url})
+            assert (await final_reply(client, first))["status"] == "success"
+            range_server.add("/m.safetensors", Resource(body=new, etag='"v2"'))
+            range_server.rate_limit = 128 * KIB
+            second = await request(client, "download", {"type": "LoRA", "url": url})
+            job = info.queue.jobs()[-1]
+            await wait_for(lambda: downloaded([job]) > MIB)
+            assert final.read_bytes() == old
+            await client.send("cancel", {"id": second})
+            await client.expect("aborted", id=second)
+            assert final.read_bytes() == old
+            assert sorted(p.name for p in final.parent.iterdir()) == [
+                "m.safetensors",
+                "m.safetensors.part",
+                "m.safetensors.part.aria2",
+            ]
+            range_server.rate_limit = None
+            third = await request(client, "download", {"type": "LoRA", "url": url})
+            reply = await final_reply(client, third)
+    assert reply["status"] == "success", reply
+    assert reply["size"] == len(new)
+    assert final.read_bytes() == new
+    assert sorted(p.name for p in final.parent.iterdir()) == ["m.safetensors"]
+
+
 def test_a_file_being_written_by_another_download_is_explained_without_cli_advice() -> None:
     """The one FileExists the server can still meet (aria2c's "already being downloaded"):
     one plain sentence for a UI user, no flags and no server paths."""

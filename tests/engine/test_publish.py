@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 
+import httpx
 import pytest
 import trio
 
@@ -25,8 +26,12 @@ import segdl
 from segdl.core.controlfile import ControlFile
 from segdl.core.events import Event, Progress, Started, Success
 from segdl.core.resume import Validators, pieces_from_control
+from segdl.core.urls import HttpURL
 from segdl.engine.aria2c import aria2c_available
+from segdl.engine.native import NativeEngine
 from segdl.io import files, records
+from segdl.io.probe import probe
+from segdl.jobs.flow import AfterPublish, fetch_probed
 from segdl.testing.rangeserver import RangeServer, Resource
 
 MIB = 1024 * 1024
@@ -528,3 +533,47 @@ async def test_the_folder_holds_only_the_model_whatever_the_engine(
     assert record is not None
     assert record.identity == records.identity_of((tmp_path / NAME).stat())
     assert record.validators.etag == '"v1"'
+
+
+# -- the place for after-publish steps -------------------------------------------------------
+
+
+async def test_after_publish_steps_run_once_the_file_has_its_name(
+    tmp_path: pathlib.Path, server: RangeServer
+) -> None:
+    """Steps given to the flow (the models index, metadata files) run in order once the
+    verified file is under its name, also when it was there already; never after a
+    failure."""
+    server.add("/" + NAME, Resource(body=NEW))
+    async with httpx.AsyncClient(trust_env=False) as client:
+        probed = await probe(client, HttpURL.parse(server.url("/" + NAME)))
+    final = tmp_path / NAME
+    seen: list[tuple[str, bool, list[str]]] = []
+
+    def step(label: str) -> AfterPublish:
+        async def run(result: Success) -> None:
+            seen.append((label, pathlib.Path(result.path).read_bytes() == NEW, listing(tmp_path)))
+
+        return run
+
+    steps = [step("index"), step("metadata")]
+    for _ in range(2):  # downloaded, then found there
+        await fetch_probed(
+            probed, final, FAST, lambda e: None, engine=NativeEngine(), after_publish=steps
+        )
+    assert seen == [(label, True, [NAME]) for label in ("index", "metadata")] * 2
+
+    seen.clear()
+    server.add("/" + NAME, Resource(body=OLD, etag='"other"'))
+    async with httpx.AsyncClient(trust_env=False) as client:
+        changed = await probe(client, HttpURL.parse(server.url("/" + NAME)))
+    with pytest.raises(segdl.ChecksumMismatch):
+        await fetch_probed(
+            changed,
+            final,
+            replace(checksum(NEW), allow_overwrite=True),
+            lambda e: None,
+            engine=NativeEngine(),
+            after_publish=steps,
+        )
+    assert seen == []

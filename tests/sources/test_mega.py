@@ -142,6 +142,9 @@ async def test_tampered_byte_is_a_checksum_mismatch(
         await segdl.download(file.link(), source_env)
     assert info.value.exit_code == 32
     assert "MAC mismatch" in str(info.value)
+    # Checked before the file gets its name: the wrong bytes never had it, and are gone.
+    assert "deleted" in str(info.value)
+    assert files_in(source_env) == []
 
 
 async def test_wrong_key_is_refused(mega: FakeMega, source_env: pathlib.Path) -> None:

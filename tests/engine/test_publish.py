@@ -29,6 +29,7 @@ from segdl.core.resume import Validators, pieces_from_control
 from segdl.core.urls import HttpURL
 from segdl.engine.aria2c import aria2c_available
 from segdl.engine.native import NativeEngine
+from segdl.engine.target import finish_target, open_target
 from segdl.io import files, records
 from segdl.io.probe import probe
 from segdl.jobs.flow import AfterPublish, fetch_probed
@@ -577,3 +578,27 @@ async def test_after_publish_steps_run_once_the_file_has_its_name(
             after_publish=steps,
         )
     assert seen == []
+
+
+async def test_open_and_finish_target_for_callers_without_a_check_of_their_own(
+    tmp_path: pathlib.Path, server: RangeServer
+) -> None:
+    """``finish_target`` is verify then publish; a file that fails is deleted."""
+    server.add("/" + NAME, Resource(body=NEW))
+    async with httpx.AsyncClient(trust_env=False) as client:
+        probed = await probe(client, HttpURL.parse(server.url("/" + NAME)))
+    final = tmp_path / NAME
+    for body, options in ((OLD, checksum(NEW)), (NEW, FAST)):
+        files.partial_path(final).write_bytes(body[: len(NEW)].ljust(len(NEW), b"\0"))
+        opened = open_target(final, probed, FAST)  # a complete partial: nothing to fetch
+        assert opened.complete
+        assert opened.path == files.partial_path(final)
+        assert opened.final == final
+        if options.checksum is not None:
+            with pytest.raises(segdl.ChecksumMismatch, match="deleted"):
+                finish_target(opened, options, url=probed.url)
+            assert listing(tmp_path) == []
+        else:
+            result = finish_target(opened, options, url=probed.url)
+            assert result == Success(path=str(final), size=len(NEW))
+            assert listing(tmp_path) == [NAME]

@@ -371,8 +371,9 @@ def reject(target: Target, error: ChecksumMismatch) -> ChecksumMismatch:
     Never kept under any name, so the next run downloads the file anew rather than
     verifying the same bytes again.  A file already at the model's name is not touched.
     """
-    if not target.published:
-        files.discard(target.path)
+    if target.published:
+        return error  # the file at its name was there before this run: not ours to delete
+    files.discard(target.path)
     return ChecksumMismatch(
         f"{error}; the downloaded file was deleted, so running the download again fetches it anew",
         url=error.url,
@@ -459,5 +460,8 @@ def finish_target(
     try:
         verified = verify_target(target, options, url=url, checksum_verified=checksum_verified)
     except ChecksumMismatch as exc:
-        raise reject(target, exc) from exc
+        rejected = reject(target, exc)
+        if rejected is exc:
+            raise
+        raise rejected from exc
     return publish_target(target, verified)

@@ -214,7 +214,10 @@ async def fetch_probed(
             await verify(target.path)
     except ChecksumMismatch as exc:
         # The bytes are wrong: gone, so that the next run downloads them anew.
-        raise await trio.to_thread.run_sync(reject, target, exc) from exc
+        rejected = await trio.to_thread.run_sync(reject, target, exc)
+        if rejected is exc:
+            raise
+        raise rejected from exc
     result = await trio.to_thread.run_sync(publish_target, target, verified)
     for step in after_publish:
         await step(result)

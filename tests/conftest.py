@@ -33,6 +33,23 @@ def require_program(name: str, found: bool) -> None:
     pytest.skip(message)
 
 
+# ---- the environment
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """segdl's cache (API answers, records of the files it published) lives in a directory
+    of the test run, never the user's ~/.cache/segdl; commands the tests start inherit it."""
+    directory = tmp_path_factory.mktemp("segdl-cache")
+    saved = os.environ.get("SEGDL_CACHE_DIR")
+    os.environ["SEGDL_CACHE_DIR"] = str(directory)
+    yield directory
+    if saved is None:
+        os.environ.pop("SEGDL_CACHE_DIR", None)
+    else:
+        os.environ["SEGDL_CACHE_DIR"] = saved
+
+
 # ---- in-process servers
 
 

@@ -84,8 +84,10 @@ async def test_cancel_through_the_manager_keeps_the_partial(tmp_path: pathlib.Pa
             handle.cancel()
     assert handle.state is segdl.DownloadState.CANCELLED
     assert events[-1].type == "cancelled"
-    assert (tmp_path / "slow.bin").exists()
-    assert (tmp_path / "slow.bin.aria2").exists()
+    # The partial and its control file stay; nothing has the file's name yet.
+    assert (tmp_path / "slow.bin.part").exists()
+    assert (tmp_path / "slow.bin.part.aria2").exists()
+    assert not (tmp_path / "slow.bin").exists()
     with pytest.raises(segdl.DownloadError, match="cancelled"):
         await handle.wait()
 
@@ -316,7 +318,7 @@ async def test_pause_holds_no_connection_and_resume_continues(tmp_path: pathlib.
             await trio.sleep(0.3)  # a closed socket reaches the server's thread
             assert server.open_connections == 0
             served_at_pause = server.statistics().body_bytes
-            partial_size = (tmp_path / "slow.bin.aria2").stat().st_size
+            partial_size = (tmp_path / "slow.bin.part.aria2").stat().st_size
             assert partial_size > 0
             await trio.sleep(0.5)
             assert server.statistics().body_bytes == served_at_pause  # nothing moves

@@ -135,15 +135,18 @@ async def test_cancelling_the_batch_keeps_resumable_partials(tmp_path: pathlib.P
                 )
         assert not timeout.cancelled_caught
         for i in moving:
-            assert (tmp_path / f"p{i}.bin.aria2").exists(), sorted(os.listdir(tmp_path))
+            assert (tmp_path / f"p{i}.bin.part.aria2").exists(), sorted(os.listdir(tmp_path))
+            assert not (tmp_path / f"p{i}.bin").exists()
         # Never started: nothing on disk.
         assert not (tmp_path / "p2.bin").exists()
+        assert not (tmp_path / "p2.bin.part").exists()
         server.rate_limit = None
         result = await segdl.download_batch(jobs, options=options)
     assert result.ok, [str(o.error) for o in result.failed]
     for i, item in enumerate(data):
         assert file_sha(tmp_path / f"p{i}.bin") == sha256(item)
-        assert not (tmp_path / f"p{i}.bin.aria2").exists()
+        assert not (tmp_path / f"p{i}.bin.part.aria2").exists()
+    assert sorted(os.listdir(tmp_path)) == [f"p{i}.bin" for i in range(len(data))]
 
 
 def test_sync_call_and_per_job_options(tmp_path: pathlib.Path, range_server: RangeServer) -> None:

@@ -367,6 +367,6 @@ def test_ctrl_c_stops_the_batch_with_code_7_and_keeps_partials(tmp_path: pathlib
     assert "Traceback" not in text
     assert text.rstrip().endswith("segdl: interrupted; run the same command again to resume")
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
-    assert "big-0.bin.aria2" in names
-    assert "big-1.bin.aria2" in names
-    assert "big-2.bin" not in names
+    assert "big-0.bin.part.aria2" in names
+    assert "big-1.bin.part.aria2" in names
+    assert not [n for n in names if n.startswith("big-2.bin")]

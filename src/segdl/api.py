@@ -16,6 +16,7 @@ import trio
 
 from .core.events import Event, Failed, Success
 from .engine.base import EventSink
+from .engine.options import Options
 from .errors import DownloadError
 from .jobs.flow import run_download
 from .jobs.manager import DownloadHandle, DownloadManager, DownloadState, open_manager
@@ -105,6 +106,11 @@ def download_model(
     *progress_callback* receives each event as a dict with a ``status`` key
     (``started``, ``progress``, ``success``, ``error``, …) besides the event's fields.
     *model_type* is recorded in the events; the folder is the caller's choice.
+
+    Asked again, it gets the file, safely: at once when segdl's record shows the file there
+    is the server's current version; otherwise the new one is downloaded beside it and
+    replaces it only once complete and verified (``allow_overwrite``: a failed second try
+    never destroys a good file).
     """
 
     def emit(event: Event) -> None:
@@ -118,6 +124,7 @@ def download_model(
         url,
         folder,
         on_event=emit,
+        options=Options(allow_overwrite=True),
         civitai_token=civitai_token,
         hf_token=hf_token,
         # As the SD tools expect: the site's metadata files beside the model.

@@ -28,7 +28,9 @@ from segdl.core.urls import HttpURL
 from segdl.engine.aria2c import Aria2cEngine, aria2c_available, error_from_status
 from segdl.engine.base import EventSink
 from segdl.engine.native import NativeEngine
+from segdl.engine.target import validators_of
 from segdl.engine.throttle import RateLimit
+from segdl.io import files
 from segdl.io.probe import ProbeResult, probe
 from segdl.jobs.flow import fetch_probed
 from segdl.testing.processes import child_processes
@@ -124,7 +126,8 @@ def unranged(server: RangeServer, since: int = 0) -> int:
 
 
 def done_pieces(path: pathlib.Path) -> set[int]:
-    control = ControlFile.decode(path.with_name(path.name + ".aria2").read_bytes())
+    """The pieces the control file of the download to *path* says are done."""
+    control = ControlFile.decode(files.control_path(files.partial_path(path)).read_bytes())
     return set(pieces_from_control(control).done_indices())
 
 
@@ -142,7 +145,8 @@ def cancel_after(
 
 
 def control_bytes(path: pathlib.Path) -> int:
-    control = ControlFile.decode(path.with_name(path.name + ".aria2").read_bytes())
+    """The bytes the control file of the download to *path* claims."""
+    control = ControlFile.decode(files.control_path(files.partial_path(path)).read_bytes())
     return pieces_from_control(control).downloaded
 
 
@@ -277,12 +281,12 @@ async def test_cancel_stops_aria2c_keeps_partial_and_native_finishes_it(
     assert child_processes("aria2c") == []
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}")
-    # The partial and aria2's control file stay, and the control file claims real bytes.
-    assert listing(tmp_path) == [
-        "model.safetensors",
-        "model.safetensors.aria2",
-        "model.safetensors.segdl",
-    ]
+    # The partial and aria2's control file stay, and the control file claims real bytes;
+    # segdl's validators are back in it now that aria2c (which drops them) has stopped.
+    assert listing(tmp_path) == ["model.safetensors.part", "model.safetensors.part.aria2"]
+    sealed = files.read_sealed(files.partial_path(target))
+    assert sealed is not None
+    assert sealed[1] == validators_of(probed)
     claimed = control_bytes(target)
     done = done_pieces(target)
     assert 0 < claimed < len(BODY)
@@ -585,7 +589,8 @@ async def test_aria2c_killed_midway_is_a_clear_error(
     assert "aria2c" in str(caught.value)
     assert "\n" not in str(caught.value)
     assert child_processes("aria2c") == []  # reaped, not a zombie
-    assert (tmp_path / "m.bin.aria2").exists()  # the last periodic save is still there
+    assert (tmp_path / "m.bin.part.aria2").exists()  # the last periodic save is still there
+    assert not (tmp_path / "m.bin").exists()  # nothing under the model's name
 
 
 async def test_limits_reach_aria2c_and_follow_changes(

@@ -17,6 +17,7 @@ import trio
 import segdl
 from segdl.core.controlfile import ControlFile
 from segdl.core.events import Event, Progress
+from segdl.io import records
 from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
 from segdl.testing.tls import CertPair, server_context
 
@@ -55,7 +56,8 @@ def data_requests(server: RangeServer) -> list[str | None]:
 
 
 def sidecars(directory: pathlib.Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.suffix in (".aria2", ".segdl"))
+    """Anything but finished files: partials and control files."""
+    return sorted(p.name for p in directory.iterdir() if p.suffix in (".aria2", ".part"))
 
 
 async def get(
@@ -130,8 +132,9 @@ async def test_persistently_wrong_content_range_fails_without_a_wrong_file(
         await get(range_server, tmp_path)
     assert info.value.exit_code == 22
     assert "bytes" in str(info.value)
-    # The partial stays with its control file; nothing claims to be complete.
-    assert (tmp_path / "f.bin.aria2").exists()
+    # The partial stays with its control file; nothing has the file's name.
+    assert (tmp_path / "f.bin.part.aria2").exists()
+    assert not (tmp_path / "f.bin").exists()
 
 
 async def test_connection_dropped_mid_piece_is_resumed(
@@ -194,11 +197,16 @@ async def test_checksum_is_verified(range_server: RangeServer, tmp_path: pathlib
 async def test_a_finished_file_is_not_downloaded_again_when_it_can_be_trusted(
     range_server: RangeServer, tmp_path: pathlib.Path
 ) -> None:
-    """A file of the right size is taken as finished with -c (as aria2c) or when the checksum
-    proves it; without either it may be another version of the same size: refused (13)."""
+    """segdl's record of the file it published shows the server still serves that version:
+    done at once.  A file of the right size it cannot vouch for (no record) is taken as
+    finished with -c (as aria2c) or when the checksum proves it; without either it may be
+    another version of the same size: refused (13)."""
     range_server.add("/f.bin", Resource(body=BODY))
     await get(range_server, tmp_path)
     before = len(data_requests(range_server))
+    again = await get(range_server, tmp_path)
+    assert again == segdl.Success(path=str(tmp_path / "f.bin"), size=len(BODY))
+    records.forget_record(tmp_path / "f.bin")
     with pytest.raises(segdl.FileExists, match="already exists"):
         await get(range_server, tmp_path)
     for trusted in (
@@ -269,7 +277,7 @@ async def test_cancelled_download_resumes_without_refetching(tmp_path: pathlib.P
     with RangeServer(rate_limit=2 * MIB) as server:
         server.add("/f.bin", Resource(body=BODY))
         await interrupted(server, tmp_path, after_bytes=2 * MIB)
-        control = ControlFile.decode((tmp_path / "f.bin.aria2").read_bytes())
+        control = ControlFile.decode((tmp_path / "f.bin.part.aria2").read_bytes())
         assert control.total_length == len(BODY)
         saved = server.requests[:]
         first_run = sum(r.body_bytes for r in saved)
@@ -349,7 +357,7 @@ async def test_not_enough_disk_space_is_refused_before_fetching(
     with pytest.raises(segdl.DiskFull) as info:
         await get(range_server, tmp_path)
     assert info.value.exit_code == 9
-    assert not (tmp_path / "f.bin").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ async def test_not_found_fails_at_once(
         await fetch(tmp_path, script, connections=4)
     assert trio.current_time() - start < 0.5
     # The partial file and its control file stay for a later resume.
-    assert (tmp_path / "x.bin.aria2").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin.part", "x.bin.part.aria2"]
 
 
 async def test_gives_up_after_max_tries(

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from segdl.core.controlfile import ControlFile, ControlFileError
-from segdl.testing.nginx import NginxFactory
+from segdl.core.trailer import unseal
+from segdl.testing.nginx import Nginx, NginxFactory
 from segdl.testing.tls import CertPair
 
 pytestmark = pytest.mark.integration
@@ -106,15 +107,17 @@ def test_sigkill_three_times_then_resume(
     kills = 0
     for _ in range(3):
         proc = subprocess.Popen([*SEGDL, "get", *args, "-c"])
-        wait_for(out / "big.bin.aria2")
+        wait_for(out / "big.bin.part.aria2")
         time.sleep(rng.uniform(0.2, 0.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-        # After each kill the state on disk is a valid aria2 control file.
-        control = ControlFile.decode((out / "big.bin.aria2").read_bytes())
+        # After each kill the state on disk is a valid aria2 control file, beside a partial
+        # no model scanner would pick up.
+        control = ControlFile.decode((out / "big.bin.part.aria2").read_bytes())
         assert control.total_length == size
+        assert sorted(p.name for p in out.iterdir()) == ["big.bin.part", "big.bin.part.aria2"]
     assert kills == 3
     done = segdl_get(*args, "-c")
     assert done.returncode == 0, done.stderr
@@ -138,38 +141,61 @@ def test_aria2c_partial_is_finished_by_segdl(nginx_server: NginxFactory, tmp_pat
     proc.wait()
     control = ControlFile.decode((out / "a.bin.aria2").read_bytes())
     assert len([b for b in control.bitfield if b]) > 0 or control.in_flight
+    # aria2c's partial sits at the model's name; segdl -c adopts it (moved to a.bin.part
+    # while it finishes) and publishes it.
     done = segdl_get(url, "-d", str(out), "-c")
     assert done.returncode == 0, done.stderr
     assert sha(out / "a.bin") == digest
-    assert not (out / "a.bin.aria2").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.bin"]
+
+
+def bodies_sent(nginx: Nginx) -> list[int]:
+    """``$body_bytes_sent`` of every response in nginx's access log (combined format)."""
+    lines = (nginx.workdir / "access.log").read_text().splitlines()
+    return [int(line.split('"')[2].split()[1]) for line in lines]
 
 
 def test_segdl_partial_is_finished_by_aria2c(nginx_server: NginxFactory, tmp_path: Path) -> None:
+    """The README's recipe: a killed segdl download (NAME.part, NAME.part.aria2) finished by
+    ``aria2c -c -d DIR -o NAME.part URL``; the next ``segdl get`` of the URL publishes it
+    without fetching it again.  The folder then holds the model and nothing else."""
     aria2c = require_aria2c()
     size = 64 * MIB + 999
     digest = make_file(tmp_path / "www", "b.bin", size)
     nginx = nginx_server(tmp_path / "www", limit_rate="512k")
     url = nginx.http_url("b.bin")
     out = tmp_path / "out"
+    control_file = out / "b.bin.part.aria2"
     proc = subprocess.Popen([*SEGDL, "get", url, "-d", str(out), "-q"])
-    wait_for(out / "b.bin.aria2")
+    wait_for(control_file)
     # At 512 KiB/s a connection completes its first 1 MiB piece in about 2 s: kill once the
     # saved state holds a finished piece, so aria2c has one to trust.
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         with contextlib.suppress(ControlFileError, OSError):
-            if any(ControlFile.decode((out / "b.bin.aria2").read_bytes()).bitfield):
+            if any(ControlFile.decode(control_file.read_bytes()).bitfield):
                 break
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    control = ControlFile.decode((out / "b.bin.aria2").read_bytes())
+    assert sorted(p.name for p in out.iterdir()) == ["b.bin.part", "b.bin.part.aria2"]
+    control, validators = unseal(control_file.read_bytes())
     assert any(control.bitfield)
+    assert validators is not None  # segdl's trailer, which aria2c reads past
     done = subprocess.run(
-        [aria2c, "-q", "-x16", "-s16", "-k1M", "-c", "-d", str(out), url],
+        [aria2c, "-q", "-x16", "-s16", "-k1M", "-c", "-d", str(out), "-o", "b.bin.part", url],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # aria2c deleted the control file, trailer and all: no sidecar of segdl's is left.
+    assert sorted(p.name for p in out.iterdir()) == ["b.bin.part"]
+    assert sha(out / "b.bin.part") == digest
+    served = len(bodies_sent(nginx))
+    published = segdl_get(url, "-d", str(out), "-q")
+    assert published.returncode == 0, published.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["b.bin"]
     assert sha(out / "b.bin") == digest
+    # Only the probe's byte was served: the complete partial was not fetched again.
+    assert bodies_sent(nginx)[served:] == [1]

@@ -1,12 +1,16 @@
-"""File allocation and the sidecars: sizes, atomic replacement, validators."""
+"""File allocation, the partial and its control file, publishing: sizes, atomic
+replacement, the validators trailer, the order of removals."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+from dataclasses import asdict
 
 import pytest
 
+from segdl.core.controlfile import ControlFile, ControlFileError
 from segdl.errors import DiskFull
 from segdl.io import files
 
@@ -54,19 +58,100 @@ def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: pathlib.Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.aria2"]
 
 
-def test_validators_round_trip_and_matching(tmp_path: pathlib.Path) -> None:
-    path = tmp_path / "f.bin"
-    v = files.Validators(url="http://h/f.bin", size=10, etag='"a"', last_modified=None)
-    files.write_validators(path, v)
-    assert files.read_validators(path) == v
-    assert v.matches(files.Validators(url="x", size=10, etag='W/"a"', last_modified="y"))
-    assert not v.matches(files.Validators(url="x", size=10, etag='"b"', last_modified=None))
-    assert not v.matches(files.Validators(url="x", size=11, etag='"a"', last_modified=None))
-    (tmp_path / "f.bin.segdl").write_text("{not json")
-    assert files.read_validators(path) is None
+V1 = files.Validators(url="http://h/f.bin", size=10, etag='"a"', last_modified=None)
+CONTROL = ControlFile(piece_length=MIB, total_length=3 * MIB, bitfield=b"\x80")
+
+
+def test_the_partial_name_and_its_control_file(tmp_path: pathlib.Path) -> None:
+    final = tmp_path / "m.safetensors"
+    partial = files.partial_path(final)
+    assert partial.name == "m.safetensors.part"
+    assert files.control_path(partial).name == "m.safetensors.part.aria2"
+
+
+def test_validators_travel_in_the_control_files_trailer(tmp_path: pathlib.Path) -> None:
+    partial = tmp_path / "f.bin.part"
+    files.write_control(partial, CONTROL, V1)
+    assert files.read_sealed(partial) == (CONTROL, V1)
+    # An engine saving progress keeps them without knowing them.
+    later = ControlFile(piece_length=MIB, total_length=3 * MIB, bitfield=b"\xc0")
+    files.write_control(partial, later)
+    assert files.read_sealed(partial) == (later, V1)
+    assert files.read_control(partial) == later
+    # One file beside the data, nothing else.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin.part.aria2"]
+
+
+def test_a_control_file_aria2c_rewrote_is_sealed_again(tmp_path: pathlib.Path) -> None:
+    partial = tmp_path / "f.bin.part"
+    control = files.control_path(partial)
+    control.write_bytes(CONTROL.encode())  # as aria2c writes it: no trailer
+    files.write_control(partial, CONTROL)
+    assert files.read_sealed(partial) == (CONTROL, None)  # kept aria2c's
+    files.seal_control(partial, V1)
+    assert files.read_sealed(partial) == (CONTROL, V1)
+    # Nothing to seal: no control file, or a damaged one (left for open_target to judge).
+    files.seal_control(tmp_path / "none.part", V1)
+    assert not (tmp_path / "none.part.aria2").exists()
+    damaged = control.read_bytes()[:-3]
+    control.write_bytes(damaged)
+    files.seal_control(partial, V1)
+    assert control.read_bytes() == damaged
+    with pytest.raises(ControlFileError):
+        files.read_sealed(partial)
+
+
+def test_segdl_0_1_validators_are_read_and_removed(tmp_path: pathlib.Path) -> None:
+    final = tmp_path / "f.bin"
+    legacy = tmp_path / "f.bin.segdl"
+    legacy.write_text(json.dumps({"version": 1, **asdict(V1), "control_sha256": "00"}))
+    assert files.read_legacy_validators(final) == V1
+    for bad in ("{not json", '{"url": 1}', '{"url": "u", "size": "big"}', "[]"):
+        legacy.write_text(bad)
+        assert files.read_legacy_validators(final) is None
+    (tmp_path / "f.bin.aria2").write_bytes(CONTROL.encode())
+    (tmp_path / "f.bin.aria2__temp").write_bytes(b"half")
+    files.remove_sidecars(final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_discard_removes_the_data_before_its_control_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash in between must leave a defunct control file, never a full-size partial
+    without state (it would read as a complete download)."""
+    partial = tmp_path / "f.bin.part"
+    partial.write_bytes(b"x" * 10)
+    files.write_control(partial, CONTROL, V1)
+    order: list[str] = []
+    real_unlink = pathlib.Path.unlink
+
+    def unlink(self: pathlib.Path, missing_ok: bool = False) -> None:
+        order.append(self.name)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    files.discard(partial)
+    assert order[0] == "f.bin.part"
+    assert "f.bin.part.aria2" in order
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_replaces_the_old_file_whole(tmp_path: pathlib.Path) -> None:
+    final = tmp_path / "m.bin"
+    final.write_bytes(b"old")
+    partial = files.partial_path(final)
+    partial.write_bytes(b"new file")
+    inode = partial.stat().st_ino
+    files.publish(partial, final)
+    assert final.read_bytes() == b"new file"
+    assert final.stat().st_ino == inode  # renamed, not copied: the record's identity holds
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
 
 
 def test_free_space_check(tmp_path: pathlib.Path) -> None:
     files.check_free_space(tmp_path, 1)
     with pytest.raises(DiskFull, match="not enough disk space"):
         files.check_free_space(tmp_path, 1 << 60)
+    with pytest.raises(DiskFull, match=r"beside m\.bin, which stays until the new file"):
+        files.check_free_space(tmp_path, 1 << 60, beside=tmp_path / "m.bin")

@@ -18,11 +18,11 @@ it during a download always decodes it; a write torn by a crash leaves the previ
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -52,6 +52,7 @@ from support import (
 import segdl
 from segdl.core.controlfile import ControlFile, ControlFileError
 from segdl.core.events import Event, Progress
+from segdl.core.trailer import MAGIC, unseal
 from segdl.io import files
 from segdl.testing.processes import child_processes
 from segdl.testing.rangeserver import Fault, FaultSchedule, RangeServer, Resource
@@ -94,19 +95,28 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20
 
 
 def check_state_after_kill(target: Path, body: bytes) -> int:
-    """What a kill left must be trustworthy: a decodable control file claiming true bytes.
-    Returns how many bytes it claims."""
-    control_path = target.with_name(target.name + ".aria2")
+    """What a kill left must be trustworthy: nothing under the model's name but the exact
+    file, and beside it a decodable control file claiming true bytes.  Returns how many
+    bytes it claims."""
+    if target.exists():
+        # Killed while or after publishing: only ever the whole, verified file.
+        if target.read_bytes() != body:
+            FIGURES.wrong_file()
+            raise AssertionError("a wrong file under the model's name after a kill")
+        FIGURES.check("files under the model's name exact after SIGKILL")
+        return len(body)
+    partial = files.partial_path(target)
+    control_path = files.control_path(partial)
     if not control_path.exists():
-        # Killed before the download began; a data file alone would be taken as complete.
-        if target.exists():
+        # Killed before the download began; a partial alone would be taken as complete.
+        if partial.exists():
             FIGURES.lost_partial()
-            raise AssertionError("a data file without its control file after a kill")
+            raise AssertionError("a partial without its control file after a kill")
         return 0
     control = ControlFile.decode(control_path.read_bytes())
     FIGURES.check("control file decodes after SIGKILL")
     assert control.total_length == len(body)
-    if check_claims(target.read_bytes(), control, [body]) is None:
+    if check_claims(partial.read_bytes(), control, [body]) is None:
         FIGURES.wrong_file()
         raise AssertionError("after a kill the control file claims bytes that are not on disk")
     FIGURES.check("claimed bytes on disk after SIGKILL")
@@ -131,7 +141,7 @@ def kill_and_resume(plan: CrashPlan, tmp_path: Path, seed: int) -> None:
                     # Not before the first control file exists: a data file allocated before
                     # its control file is the bug test_crash_between_allocation_and_control_file
                     # pins down; resumes have no such window, so they are killed at any moment.
-                    wait_for_file(target.with_name("model.bin.aria2"), proc)
+                    wait_for_file(target.with_name("model.bin.part.aria2"), proc)
                 time.sleep(rng.uniform(*plan.delay))
                 if proc.poll() is not None:
                     break
@@ -232,14 +242,18 @@ async def test_data_is_durable_before_the_control_file_that_claims_it(
     slow_server: RangeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After each fsync of the data file, keep what a power loss would have left; every
-    control file written must claim only bytes in that copy."""
+    control file written must claim only bytes in that copy, and the file gets its name
+    only once all of it is durable."""
     target = tmp_path / "f.bin"
-    real = os.path.realpath(target)
+    partial = files.partial_path(target)
+    real = os.path.realpath(partial)
     durable: list[bytes] = [b""]
     checked: list[int] = []
     real_fsync = os.fsync
     real_write_atomic = files.write_atomic
     real_remove_sidecars = files.remove_sidecars
+    real_replace = os.replace
+    published: list[bool] = []
 
     def fsync(fd: int) -> None:
         if fd_path(fd) != real:
@@ -263,16 +277,25 @@ async def test_data_is_durable_before_the_control_file_that_claims_it(
         real_write_atomic(path, data)
 
     def remove_sidecars(path: Path) -> None:
-        if path == target and checked:
+        if path == partial and checked:
             # The end of a download: the whole file must be durable before its state goes.
             assert durable[0] == BODY, "sidecars removed before the file was fsynced"
         real_remove_sidecars(path)
 
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if os.fspath(src) == str(partial):
+            assert os.fspath(dst) == str(target)
+            assert durable[0] == BODY, "the file was published before all of it was fsynced"
+            published.append(True)
+        real_replace(src, dst)
+
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(files, "write_atomic", write_atomic)
     monkeypatch.setattr(files, "remove_sidecars", remove_sidecars)
     await segdl.download(slow_server.url("/f.bin"), tmp_path, options=slow_options())
     expect_exact(target, BODY)
+    assert published == [True]
     growing = [n for n in checked if n > 0]
     assert len(growing) >= 5, checked
     FIGURES.check("control files written after the data they claim was fsynced", len(checked))
@@ -284,7 +307,7 @@ async def test_control_file_is_only_ever_replaced_whole(
     """The control file is never opened for writing: a temporary file is written, fsynced,
     renamed over it, and the directory fsynced.  A reader polling it always decodes it."""
     target = tmp_path / "f.bin"
-    control = str(target) + ".aria2"
+    control = str(files.partial_path(target)) + ".aria2"
     lock = threading.Lock()
     opened: dict[int, str] = {}
     synced: set[str] = set()
@@ -443,15 +466,17 @@ async def test_control_write_torn_by_a_crash_leaves_the_previous_state(
     """A crash halfway through writing the new control file (its temporary file torn): the
     previous control file stays, decodes, claims only true bytes, and the resume is exact."""
     target = tmp_path / "f.bin"
-    torn = TornControlWrite(target.with_name("f.bin.aria2__temp"), nth=6)
+    torn = TornControlWrite(target.with_name("f.bin.part.aria2__temp"), nth=6)
     monkeypatch.setattr(os, "write", torn.write)
     monkeypatch.setattr(os, "fsync", torn.fsync)
     await run_until_crash(slow_server.url("/f.bin"), tmp_path)
     monkeypatch.undo()
     assert torn.dead.is_set()
-    control = read_control(target)
+    partial = files.partial_path(target)
+    control = read_control(partial)
     assert control is not None, "the control file was lost or torn"
-    assert check_claims(target.read_bytes(), control, [BODY]) is not None
+    assert not target.exists()
+    assert check_claims(partial.read_bytes(), control, [BODY]) is not None
     assert any(claimed_ranges(control)), "no progress was saved before the crash"
     FIGURES.check("previous control file intact after a torn write")
     await segdl.download(slow_server.url("/f.bin"), tmp_path, options=slow_options())
@@ -459,15 +484,28 @@ async def test_control_write_torn_by_a_crash_leaves_the_previous_state(
     expect_exact(target, BODY)
 
 
+@pytest.mark.parametrize("where", ["write_control", "open_data_file"])
 async def test_crash_between_allocation_and_control_file(
-    slow_server: RangeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    slow_server: RangeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    def crash(path: Path, validators: files.Validators) -> None:
-        raise Crash
+    """A crash as the state is written, or as the partial is allocated after it: never a
+    full-size partial without the state that says what it holds (it would read as a
+    complete download and be published)."""
+    real = getattr(files, where)
+    calls = [0]
 
-    monkeypatch.setattr(files, "write_validators", crash)
+    def crash(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise Crash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(files, where, crash)
     await run_until_crash(slow_server.url("/f.bin"), tmp_path)
     monkeypatch.undo()
+    partial = tmp_path / "f.bin.part"
+    assert not (partial.exists() and partial.stat().st_size == len(BODY))
+    assert not (tmp_path / "f.bin").exists()
     await segdl.download(slow_server.url("/f.bin"), tmp_path, options=slow_options())
     expect_exact(tmp_path / "f.bin", BODY, known_bug="zero-filled file taken as complete")
 
@@ -496,7 +534,8 @@ async def test_crash_while_discarding_a_changed_file(
         real_unlink = Path.unlink
 
         def unlink(self: Path, missing_ok: bool = False) -> None:
-            if self == target:
+            # Not the clean-up before the first try: there is no partial to drop yet.
+            if self == files.partial_path(target) and self.exists():
                 raise Crash
             real_unlink(self, missing_ok=missing_ok)
 
@@ -522,11 +561,11 @@ CORRUPT_PIECE = 96 * 1024
 
 @dataclass(frozen=True)
 class Partial:
-    """A real interrupted download: the data file and both sidecars, as bytes."""
+    """A real interrupted download: the partial and its control file (with segdl's trailer
+    of validators), as bytes."""
 
     data: bytes
     control: bytes
-    validators: bytes
 
 
 async def interrupt_download(directory: Path) -> None:
@@ -551,13 +590,13 @@ async def interrupt_download(directory: Path) -> None:
 def real_partial(tmp_path_factory: pytest.TempPathFactory) -> Partial:
     directory = tmp_path_factory.mktemp("partial")
     trio.run(interrupt_download, directory)
-    target = directory / "c.bin"
+    target = directory / "c.bin.part"
     partial = Partial(
         data=target.read_bytes(),
-        control=target.with_name("c.bin.aria2").read_bytes(),
-        validators=target.with_name("c.bin.segdl").read_bytes(),
+        control=target.with_name("c.bin.part.aria2").read_bytes(),
     )
-    control = ControlFile.decode(partial.control)
+    control, validators = unseal(partial.control)
+    assert validators is not None, "segdl's trailer is missing"
     assert any(control.bitfield), "the partial has no complete piece"
     assert control.in_flight, "the partial has no piece in flight"
     return partial
@@ -618,30 +657,26 @@ mutations = st.one_of(
 def verdict(damaged: bytes, partial: Partial) -> str:
     """What segdl can make of a damaged control file (as ``open_target`` reads it)."""
     try:
-        control = ControlFile.decode(damaged)
+        ControlFile.decode(damaged)
     except ControlFileError:
         return "detected: does not decode"
+    try:
+        control, _ = unseal(damaged)
+    except ControlFileError:
+        return "detected: does not match its seal"
     if control.total_length != len(CORRUPT_BODY):
         return "detected: wrong length"
-    sealed = json.loads(partial.validators).get("control_sha256")
-    if damaged != partial.control and sealed == hashlib.sha256(partial.control).hexdigest():
-        return "detected: does not match its seal"
     if check_claims(partial.data, control, [CORRUPT_BODY]) is None:
         return "undetected: claims bytes not on disk"
     return "harmless: claims only bytes on disk"
 
 
 def place(directory: Path, partial: Partial, control: bytes) -> Path:
-    """The partial, its validators and *control* as the control file — damaged in place,
-    as a disk would: with the mtime its seal in the validators file recorded."""
+    """The partial with *control* as its control file (damaged in place, as a disk would);
+    returns the path the download publishes to."""
     target = directory / "c.bin"
-    target.write_bytes(partial.data)
-    control_file = target.with_name("c.bin.aria2")
-    control_file.write_bytes(control)
-    target.with_name("c.bin.segdl").write_bytes(partial.validators)
-    sealed = json.loads(partial.validators).get("control_mtime_ns")
-    if isinstance(sealed, int):
-        os.utime(control_file, ns=(sealed, sealed))
+    files.partial_path(target).write_bytes(partial.data)
+    files.control_path(files.partial_path(target)).write_bytes(control)
     return target
 
 
@@ -651,9 +686,9 @@ async def test_damaged_control_file_is_detected_or_harmless(
     mutation: Mutation, real_partial: Partial, plain_server: RangeServer
 ) -> None:
     """Truncations, bit flips, zeroed tails and trailing garbage of a real control file: the
-    download ends byte-identical.  A flip that still decodes is caught by the seal in the
-    validators file (its digest of the control file); one that escaped it would be counted
-    as "undetected" and skipped here (test_flipped_bit_claiming_an_unfetched_piece_is_detected
+    download ends byte-identical.  A flip that still decodes is caught by the seal in segdl's
+    trailer (its digest of the control file); one that escaped it would be counted as
+    "undetected" and skipped here (test_flipped_bit_claiming_an_unfetched_piece_is_detected
     pins the dangerous case)."""
     FIGURES.example("damaged control file")
     damaged = mutation.apply(real_partial.control)
@@ -694,38 +729,51 @@ async def test_flipped_bit_claiming_an_unfetched_piece_is_detected(
     expect_exact(target, CORRUPT_BODY, known_bug="flipped bitfield bit trusted")
 
 
-VALIDATOR_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
-    "truncated": lambda data: data[: len(data) // 2],
-    "not JSON": lambda data: b"\x00\xff" + data[2:],
-    "wrong types": lambda data: b'{"url": 1, "size": "big", "etag": 7}',
-    "empty": lambda data: b"",
+def _forged(data: bytes, body: bytes) -> bytes:
+    """*data*'s control file with *body* as its trailer's JSON, sealed with a valid digest:
+    damage the digest cannot see, which the trailer's reader must still refuse."""
+    control, _ = unseal(data)
+    sealed = control.encode() + body + struct.pack(">I", len(body))
+    return sealed + hashlib.sha256(sealed).digest() + MAGIC
+
+
+TRAILER_DAMAGE: dict[str, Callable[[bytes], bytes]] = {
+    "cut short": lambda data: data[: len(data) - 20],
+    "a flipped bit in its JSON": lambda data: data[:-60] + bytes([data[-60] ^ 0x04]) + data[-59:],
+    "not JSON, sealed": lambda data: _forged(data, b"\x00\xff{not json"),
+    "wrong types, sealed": lambda data: _forged(data, b'{"url": 1, "size": "big", "etag": 7}'),
+    "replaced by garbage": lambda data: (
+        data[: len(ControlFile.decode(data).encode())]
+        + bytes(len(data) - len(ControlFile.decode(data).encode()))
+    ),
 }
 
 
-@pytest.mark.parametrize("damage", sorted(VALIDATOR_DAMAGE))
-async def test_damaged_validators_file_restarts_rather_than_mixing(
+@pytest.mark.parametrize("damage", sorted(TRAILER_DAMAGE))
+async def test_damaged_validators_restart_rather_than_mixing(
     real_partial: Partial, tmp_path: Path, damage: str
 ) -> None:
-    """The remote file changed (same size, new ETag) and the validators file that would say so
-    is damaged: the partial must not be resumed into a mix of two versions."""
+    """The remote file changed (same size, new ETag) and the trailer that would say so is
+    damaged: the partial must not be resumed into a mix of two versions."""
     changed = random.Random(8).randbytes(len(CORRUPT_BODY))
-    damaged = VALIDATOR_DAMAGE[damage](real_partial.validators)
-    target = place(tmp_path, real_partial, real_partial.control)
-    target.with_name("c.bin.segdl").write_bytes(damaged)
+    damaged = TRAILER_DAMAGE[damage](real_partial.control)
+    with pytest.raises(ControlFileError):
+        unseal(damaged)
+    target = place(tmp_path, real_partial, damaged)
     with RangeServer() as server:
         server.add("/c.bin", Resource(body=changed, etag='"v2"'))
         await segdl.download(server.url("/c.bin"), tmp_path, options=slow_options())
-    FIGURES.control_mutation(f"validators file {damage}: restarted")
+    FIGURES.control_mutation(f"validators trailer {damage}: restarted")
     expect_exact(target, changed)
 
 
 async def test_temporary_control_file_left_by_a_crash_is_removed(
     real_partial: Partial, plain_server: RangeServer, tmp_path: Path
 ) -> None:
-    """A crash mid-write leaves ``NAME.aria2__temp``; a resume that finishes before its first
-    save must not leave it beside the finished file."""
+    """A crash mid-write leaves ``NAME.part.aria2__temp``; a resume that finishes before its
+    first save must not leave it beside the finished file."""
     target = place(tmp_path, real_partial, real_partial.control)
-    target.with_name("c.bin.aria2__temp").write_bytes(real_partial.control[:20])
+    target.with_name("c.bin.part.aria2__temp").write_bytes(real_partial.control[:20])
     await segdl.download(
         plain_server.url("/c.bin"), tmp_path, options=slow_options(save_interval=30.0)
     )

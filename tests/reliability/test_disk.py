@@ -40,6 +40,7 @@ from support import (
 import segdl
 from segdl.cli.main import main
 from segdl.core.events import Event, Progress
+from segdl.io import files
 from segdl.testing.rangeserver import RangeServer, Resource
 
 BODY = random.Random(9).randbytes(6 * MIB + 999)
@@ -92,13 +93,15 @@ def assert_one_line_error(err: str, needle: str) -> None:
 
 
 def check_partial(target: Path) -> list[tuple[int, int]]:
-    """A failed download's partial is resumable: data, and a control file claiming only true
-    bytes.  Returns the ranges it claims."""
-    control = read_control(target)
-    if not target.exists() or control is None:
+    """A failed download to *target* left a resumable partial: data, and a control file
+    claiming only true bytes; nothing under the model's name.  Returns the ranges it claims."""
+    assert not target.exists()
+    partial = files.partial_path(target)
+    control = read_control(partial)
+    if not partial.exists() or control is None:
         FIGURES.lost_partial()
         raise AssertionError(f"no resumable partial: {sorted(os.listdir(target.parent))}")
-    if check_claims(target.read_bytes(), control, [BODY]) is None:
+    if check_claims(partial.read_bytes(), control, [BODY]) is None:
         FIGURES.wrong_file()
         raise AssertionError("the control file claims bytes that are not on disk")
     return claimed_ranges(control)
@@ -170,7 +173,9 @@ async def test_disk_full_mid_download_keeps_a_resumable_partial(
     server: RangeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = tmp_path / NAME
-    disk = FailingDisk(os.path.realpath(target), budget=2 * MIB + 12345, code=errno.ENOSPC)
+    disk = FailingDisk(
+        os.path.realpath(files.partial_path(target)), budget=2 * MIB + 12345, code=errno.ENOSPC
+    )
     disk.install(monkeypatch)
     with pytest.raises(segdl.DiskFull) as info:
         await segdl.download(server.url("/" + NAME), tmp_path, options=fast_options())
@@ -204,7 +209,7 @@ def test_write_errors_on_the_command_line(
     needle: str,
 ) -> None:
     target = tmp_path / NAME
-    disk = FailingDisk(os.path.realpath(target), budget=MIB + 777, code=code)
+    disk = FailingDisk(os.path.realpath(files.partial_path(target)), budget=MIB + 777, code=code)
     disk.install(monkeypatch)
     argv = ["get", server.url("/" + NAME), "-d", str(tmp_path), "-q", "-t", "5"]
     failed = run_cli(argv, capsys)
@@ -295,6 +300,27 @@ async def test_disk_really_full_mid_download(tmp_path: Path) -> None:
         FIGURES.outcome("resumed to the exact file")
         expect_exact(target, BODY)
         check_resume_fetches_only_the_rest(server, since, claimed)
+
+
+async def test_replacing_a_file_needs_room_for_both(tmp_path: Path) -> None:
+    """A 10 MiB tmpfs holding a 6 MiB model; the server now has another 6 MiB version.  The
+    old file stays until the new one is verified, so both must fit: refused before any data
+    request (in place, 6 - 6 = 0 bytes would have looked enough), the old file intact."""
+    new = random.Random(10).randbytes(len(BODY))
+    with tmpfs(tmp_path / "small", "size=10m") as small, RangeServer() as server:
+        server.add("/" + NAME, Resource(body=BODY, etag='"v1"'))
+        await segdl.download(server.url("/" + NAME), small, options=fast_options())
+        server.add("/" + NAME, Resource(body=new, etag='"v2"'))
+        since = len(server.requests)
+        with pytest.raises(segdl.DiskFull) as info:
+            await segdl.download(
+                server.url("/" + NAME), small, options=fast_options(allow_overwrite=True)
+            )
+        assert f"beside {NAME}, which stays until the new file is complete" in str(info.value)
+        assert [r.range for r in server.requests[since:]] == ["bytes=0-0"]
+        assert sorted(p.name for p in small.iterdir()) == [NAME]
+        assert (small / NAME).read_bytes() == BODY
+    FIGURES.check("free space for a replacement counted beside the old file")
 
 
 # -- destinations that cannot be used ---------------------------------------------------------

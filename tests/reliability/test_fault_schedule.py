@@ -255,18 +255,22 @@ async def run_case(case: Case, directory: Path) -> None:
 
         FIGURES.outcome(f"error: {type(error).__name__}")
         check_error(error)
-        control = read_control(target)
-        if not target.exists() or control is None:
+        # Nothing under the file's name: the download is still its partial.
+        assert not target.exists()
+        partial = files.partial_path(target)
+        control = read_control(partial)
+        if not partial.exists() or control is None:
             FIGURES.lost_partial()
             raise AssertionError(
                 f"failed with {error!r} but left no resumable partial "
-                f"(data file: {target.exists()}, control file: {control is not None})"
+                f"(data file: {partial.exists()}, control file: {control is not None})"
             )
         # Every byte the control file claims is a byte of one version of the file.
-        if check_claims(target.read_bytes(), control, [b for _, b in served]) is None:
+        if check_claims(partial.read_bytes(), control, [b for _, b in served]) is None:
             FIGURES.wrong_file()
             raise AssertionError("the control file claims bytes that no served version has")
-        saved = files.read_validators(target)
+        sealed = files.read_sealed(partial)
+        saved = sealed[1] if sealed is not None else None
         claimed = claimed_ranges(control)
 
         # A follow-up without faults resumes and ends byte-identical.
@@ -339,9 +343,9 @@ async def test_persistent_redirect_loop_on_data_requests_leaves_a_resumable_part
     FIGURES.outcome(f"error: {type(info.value).__name__}")
     check_error(info.value)
     assert "redirect" in str(info.value)
-    control = read_control(tmp_path / "f.bin")
+    control = read_control(tmp_path / "f.bin.part")
     assert control is not None
-    assert check_claims((tmp_path / "f.bin").read_bytes(), control, [BODIES[0]]) is not None
+    assert check_claims((tmp_path / "f.bin.part").read_bytes(), control, [BODIES[0]]) is not None
     range_server.on_request(None)
     await segdl.download(range_server.url(PATH), tmp_path, options=fast())
     FIGURES.outcome("resumed to the exact file")
@@ -385,14 +389,16 @@ async def test_file_replaced_without_etag_is_never_mixed(tmp_path: Path) -> None
         with contextlib.suppress(segdl.DownloadError):
             await segdl.download(server.url(PATH), tmp_path, options=opts)
         assert len(schedule.applied) == 2
-    data = (tmp_path / "f.bin").read_bytes()
     # Either the new version, or a failure that claims no byte of the other version.
-    control = read_control(tmp_path / "f.bin")
+    control = read_control(tmp_path / "f.bin.part")
     if control is None:
+        data = (tmp_path / "f.bin").read_bytes()
         if data != new:
             FIGURES.known_bug("two versions mixed (no ETag)")
         assert data == new, "success with two versions mixed in one file"
     else:
+        assert not (tmp_path / "f.bin").exists()
+        data = (tmp_path / "f.bin.part").read_bytes()
         assert (
             check_claims(data, control, [old]) is not None
             or check_claims(data, control, [new]) is not None

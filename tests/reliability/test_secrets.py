@@ -3,8 +3,9 @@
 A token (``civitai_token``, ``hf_token``, or ``?token=`` pasted in a CivitAI URL) goes to its
 own site and nowhere else: not to the storage host or CDN a redirect leads to, not to another
 site, not into log output (every logger at DEBUG), error messages, ``on_event`` events, the
-``.aria2``/``.segdl`` sidecars, the metadata cache, the server's files or replies, nor aria2c's
-command line, config file (mode 0600, and removed) or log.  The sites are the fakes of
+``.part.aria2`` control files (segdl's trailer included), the records of published files,
+the metadata cache, the server's files or replies, nor aria2c's command line, config file
+(mode 0600, and removed) or log.  The sites are the fakes of
 ``tests/sources``, which record every request's headers.
 """
 
@@ -37,6 +38,7 @@ from hostile_support import (
 import segdl
 import segdl.engine.aria2c as aria2c_engine
 from segdl.engine.aria2c import aria2c_available
+from segdl.io import files, records
 from segdl.server import ServeSettings
 from segdl.testing.processes import child_processes
 from segdl.testing.rangeserver import RangeServer, RequestRecord, Resource
@@ -186,18 +188,22 @@ async def test_civitai_sidecars_hold_no_token(civitai: FakeCivitAI, source_env: 
     url = civitai_url(civitai, pasted_token=CIVITAI_TOKEN)
     await interrupted(url, source_env, after_bytes=MIB)
     names = sorted(p.name for p in source_env.iterdir())
-    assert names == [
-        "dreamModel.safetensors",
-        "dreamModel.safetensors.aria2",
-        "dreamModel.safetensors.segdl",
-    ]
+    assert names == ["dreamModel.safetensors.part", "dreamModel.safetensors.part.aria2"]
     assert tree_leaks(source_env) == {}
-    validators = json.loads((source_env / "dreamModel.safetensors.segdl").read_text())
+    sealed = files.read_sealed(source_env / "dreamModel.safetensors.part")
+    assert sealed is not None
+    assert sealed[1] is not None
     # The storage URL's query is its signature: a credential too, kept as "…" only.
-    assert validators["url"].partition("?")[2] in ("", "…")
+    assert sealed[1].url.partition("?")[2] in ("", "…")
     await segdl.download(url, source_env, options=FAST)
-    assert (source_env / "dreamModel.safetensors").read_bytes() == BODY
+    final = source_env / "dreamModel.safetensors"
+    assert final.read_bytes() == BODY
     assert_own_site_only_civitai(civitai)
+    # The record of the published file, in segdl's cache: no token, no signed query.
+    record = records.read_record(final)
+    assert record is not None
+    assert record.validators.url.partition("?")[2] in ("", "…")
+    assert tree_leaks(source_env.parent) == {}
 
 
 @pytest.mark.parametrize("how", ["argument", "pasted"])
@@ -248,7 +254,7 @@ async def test_hf_token_reaches_the_hub_only_even_across_redirects(
 async def test_hf_sidecars_hold_no_token(hub: FakeHub, source_env: Path) -> None:
     url = hub.hub.url("/acme/gated/resolve/main/unet/model.safetensors")
     await interrupted(url, source_env, after_bytes=MIB, hf_token=HF_TOKEN)
-    assert (source_env / "model.safetensors.aria2").exists()
+    assert (source_env / "model.safetensors.part.aria2").exists()
     assert tree_leaks(source_env) == {}
 
 
@@ -351,8 +357,8 @@ async def test_aria2c_never_sees_a_token_in_argv_config_or_log(
             for conf, _mode, _dir_mode in configs:
                 if conf.parent.exists():  # aria2c's log, and any file beside it
                     workdir_leaks.append(tree_leaks(conf.parent))
-            for sidecar in [*source_env.glob("*.aria2"), *source_env.glob("*.segdl")]:
-                sidecars_seen.append(sidecar.name)  # aria2c's own control file, and ours
+            for sidecar in source_env.glob("*.aria2"):
+                sidecars_seen.append(sidecar.name)  # the control file aria2c and segdl share
                 if leaks(sidecar.read_bytes()):
                     workdir_leaks.append({sidecar.name: leaks(sidecar.read_bytes())})
 
@@ -373,7 +379,7 @@ async def test_aria2c_never_sees_a_token_in_argv_config_or_log(
         assert not conf.exists()  # read by aria2c, then removed
     assert workdir_leaks
     assert all(found == {} for found in workdir_leaks), workdir_leaks
-    assert "model.safetensors.aria2" in sidecars_seen
+    assert "model.safetensors.part.aria2" in sidecars_seen
     assert_own_site_only_hub(hub)
     assert logged_leaks(all_logs) == []
     assert child_processes("aria2c") == []

@@ -14,7 +14,8 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import trio
@@ -24,11 +25,12 @@ from segdl.core.controlfile import ControlFile
 from segdl.core.events import Event, Started, Success
 from segdl.core.resume import pieces_from_control
 from segdl.engine.options import Options
+from segdl.errors import FileExists
 from segdl.jobs.request import DownloadRequest
 from segdl.server import ServeSettings
 from segdl.server.app import MAX_RATE, parse_rate
 from segdl.server.cli import add_serve_arguments, run_serve
-from segdl.server.downloads import Job
+from segdl.server.downloads import Job, _client_message
 from segdl.testing.rangeserver import RangeServer, Resource
 
 KIB = 1024
@@ -186,7 +188,8 @@ async def test_pause_stops_for_real_and_resume_fetches_only_the_rest(
     body = os.urandom(6 * MIB + 4321)
     range_server.rate_limit = 256 * KIB  # per connection: about 1 MiB/s over 4
     range_server.add("/paused.bin", Resource(body=body))
-    part = tmp_path / "SD" / "paused.bin"
+    final = tmp_path / "SD" / "paused.bin"
+    part = tmp_path / "SD" / "paused.bin.part"
     settings = ServeSettings(options=options())
     with trio.fail_after(60):
         async with open_server(tmp_path, settings) as info, open_client(info.port) as client:
@@ -207,7 +210,8 @@ async def test_pause_stops_for_real_and_resume_fetches_only_the_rest(
             requests = len(range_server.requests)
             saved = claimed(part)
             content = hashlib.sha256(part.read_bytes()).digest()
-            assert part.with_name("paused.bin.aria2").exists()
+            assert part.with_name("paused.bin.part.aria2").exists()
+            assert not final.exists()
             await trio.sleep(1.0)
             assert len(range_server.requests) == requests
             assert live_connections(range_server) == 0
@@ -225,8 +229,8 @@ async def test_pause_stops_for_real_and_resume_fetches_only_the_rest(
             success = await final_reply(client, id)
             assert success["status"] == "success", success
             assert success["size"] == len(body)
-    assert hashlib.sha256(part.read_bytes()).digest() == hashlib.sha256(body).digest()
-    assert not part.with_name("paused.bin.aria2").exists()
+    assert hashlib.sha256(final.read_bytes()).digest() == hashlib.sha256(body).digest()
+    assert sorted(p.name for p in final.parent.iterdir()) == ["paused.bin"]
     # What was saved at the pause is not asked for again: no range the resumed run requested
     # overlaps it.  (Counting bytes served would not do: a range stolen from a connection
     # keeps streaming into the socket buffers until the connection closes.)
@@ -367,23 +371,79 @@ def test_parse_rate() -> None:
             parse_rate(bad)
 
 
-async def test_an_existing_file_it_cannot_verify_is_explained_without_cli_advice(
+async def test_a_second_request_for_a_finished_file_succeeds_at_once(
     tmp_path: Path, range_server: RangeServer
 ) -> None:
-    """A second request for a finished direct download: the file is there but nothing proves
-    it is the same one; the UI user gets one plain sentence, no flags and no server paths."""
-    range_server.add("/twice.bin", Resource(body=os.urandom(64 * KIB)))
+    """A second request for a finished direct download: segdl's record shows the file is
+    the one the server still serves, so it succeeds without a data request (issue 16.5:
+    sd-inference-server would download it again; a refusal showed as an error dialog)."""
+    body = os.urandom(64 * KIB)
+    range_server.add("/twice.bin", Resource(body=body))
     url = range_server.url("/twice.bin")
     with trio.fail_after(30):
         async with open_server(tmp_path, ServeSettings()) as info, open_client(info.port) as client:
             first = await request(client, "download", {"type": "LoRA", "url": url})
             assert (await final_reply(client, first))["status"] == "success"
+            served = len(range_server.requests)
             again = await request(client, "download", {"type": "LoRA", "url": url})
             reply = await final_reply(client, again)
-    assert reply["status"] == "error"
-    assert "already in the LoRA folder" in reply["message"]
-    assert "-c" not in reply["message"]
-    assert str(tmp_path) not in reply["message"]
+    assert reply["status"] == "success", reply
+    assert (reply["label"], reply["path"], reply["size"]) == (
+        "twice.bin",
+        "LoRA/twice.bin",
+        len(body),
+    )
+    # The probe's one byte, nothing more.
+    assert [r.range for r in range_server.requests[served:]] == ["bytes=0-0"]
+    assert (tmp_path / "LoRA" / "twice.bin").read_bytes() == body
+    assert sorted(p.name for p in (tmp_path / "LoRA").iterdir()) == ["twice.bin"]
+
+
+async def test_a_changed_file_is_replaced_safely(tmp_path: Path, range_server: RangeServer) -> None:
+    """The server's file changed since the first download: asked again, the new one
+    downloads beside the old, which stays intact through a cancelled try, and replaces it
+    once complete and verified."""
+    old, new = os.urandom(2 * MIB + 5), os.urandom(3 * MIB + 7)
+    range_server.add("/m.safetensors", Resource(body=old, etag='"v1"'))
+    url = range_server.url("/m.safetensors")
+    final = tmp_path / "LoRA" / "m.safetensors"
+    settings = ServeSettings(options=options())
+    with trio.fail_after(60):
+        async with open_server(tmp_path, settings) as info, open_client(info.port) as client:
+            first = await request(client, "download", {"type": "LoRA", "url": url})
+            assert (await final_reply(client, first))["status"] == "success"
+            range_server.add("/m.safetensors", Resource(body=new, etag='"v2"'))
+            range_server.rate_limit = 128 * KIB
+            second = await request(client, "download", {"type": "LoRA", "url": url})
+            job = info.queue.jobs()[-1]
+            await wait_for(lambda: downloaded([job]) > MIB)
+            assert final.read_bytes() == old
+            await client.send("cancel", {"id": second})
+            await client.expect("aborted", id=second)
+            assert final.read_bytes() == old
+            assert sorted(p.name for p in final.parent.iterdir()) == [
+                "m.safetensors",
+                "m.safetensors.part",
+                "m.safetensors.part.aria2",
+            ]
+            range_server.rate_limit = None
+            third = await request(client, "download", {"type": "LoRA", "url": url})
+            reply = await final_reply(client, third)
+    assert reply["status"] == "success", reply
+    assert reply["size"] == len(new)
+    assert final.read_bytes() == new
+    assert sorted(p.name for p in final.parent.iterdir()) == ["m.safetensors"]
+
+
+def test_a_file_being_written_by_another_download_is_explained_without_cli_advice() -> None:
+    """The one FileExists the server can still meet (aria2c's "already being downloaded"):
+    one plain sentence for a UI user, no flags and no server paths."""
+    job = cast(Job, SimpleNamespace(folder="LoRA"))
+    error = FileExists("/srv/models/LoRA/x.bin already exists; use -c or --allow-overwrite")
+    message = _client_message(error, job)
+    assert "LoRA folder" in message
+    assert "-c" not in message
+    assert "/srv" not in message
 
 
 async def test_a_replacement_download_function_is_called(tmp_path: Path) -> None:

@@ -142,7 +142,8 @@ async def test_cancel_stops_for_real_and_the_same_request_resumes(
     range_server.rate_limit = 256 * 1024
     range_server.add("/big.bin", Resource(body=body))
     url = range_server.url("/big.bin")
-    part = tmp_path / "LoRA" / "big.bin"
+    final = tmp_path / "LoRA" / "big.bin"
+    part = tmp_path / "LoRA" / "big.bin.part"
     with trio.fail_after(60):
         async with open_server(tmp_path) as info, open_client(info.port, codec="json") as client:
             id = await client.send("download", {"type": "lora", "url": url})
@@ -156,8 +157,9 @@ async def test_cancel_stops_for_real_and_the_same_request_resumes(
             await trio.sleep(0.3)
             served = len(range_server.requests)
             size = part.stat().st_size
-            control = part.with_name("big.bin.aria2")
+            control = part.with_name("big.bin.part.aria2")
             assert control.exists()
+            assert not final.exists()
             await trio.sleep(0.7)
             assert len(range_server.requests) == served
             assert part.stat().st_size == size
@@ -166,8 +168,8 @@ async def test_cancel_stops_for_real_and_the_same_request_resumes(
             id = await client.send("download", {"type": "LoRA", "url": url})
             replies = await client.download_replies(id)
             assert replies[-1]["status"] == "success", replies[-1]
-    assert part.read_bytes() == body
-    assert not control.exists()
+    assert final.read_bytes() == body
+    assert sorted(p.name for p in final.parent.iterdir()) == ["big.bin"]
     # The second run fetched only what was missing.
     resumed = range_server.requests[served:]
     assert sum(r.body_bytes for r in resumed) < len(body)

@@ -357,17 +357,34 @@ async def test_missing_things_are_not_found(
 
 
 async def test_published_sha256_is_checked(civitai: FakeCivitAI, source_env: pathlib.Path) -> None:
-    bad = CivitFile(id=777, name="liar.safetensors", body=SMALL, claimed_sha256="AB" * 32)
-    civitai.add(
-        CivitModel(
-            id=77, name="Liar", type="LORA", versions=[CivitVersion(id=770, name="v1", files=[bad])]
+    """The storage host serves tampered bytes: exit 32, the bad bytes are gone (nothing to
+    re-verify, nothing under the model's name), and once the storage serves the right file
+    the same request downloads it anew, exact (issue 15: it used to fail the same way
+    forever without fetching anything)."""
+    good = SMALL
+    tampered = bytes(reversed(SMALL))
+    claimed = hashlib.sha256(good).hexdigest()
+
+    def model(body: bytes) -> CivitModel:
+        f = CivitFile(id=777, name="liar.safetensors", body=body, claimed_sha256=claimed)
+        return CivitModel(
+            id=77, name="Liar", type="LORA", versions=[CivitVersion(id=770, name="v1", files=[f])]
         )
-    )
+
+    civitai.add(model(tampered))
+    url = civitai.site.url("/api/download/models/770")
     with pytest.raises(segdl.ChecksumMismatch) as info:
-        await segdl.download(
-            civitai.site.url("/api/download/models/770"), source_env, civitai_token=TOKEN
-        )
+        await segdl.download(url, source_env, civitai_token=TOKEN)
     assert info.value.exit_code == 32
+    assert "deleted, so running the download again fetches it anew" in str(info.value)
+    assert files_in(source_env) == []
+    civitai.add(model(good))
+    served = len(civitai.storage.requests)
+    result = await segdl.download(url, source_env, civitai_token=TOKEN)
+    assert (source_env / "liar.safetensors").read_bytes() == good
+    assert result.sha256 == claimed
+    assert files_in(source_env) == ["liar.safetensors"]
+    assert sum(r.body_bytes for r in civitai.storage.requests[served:]) >= len(good)
 
 
 async def test_metadata_is_cached_on_disk_with_an_expiry(
@@ -403,7 +420,7 @@ async def test_resume_after_interruption_re_resolves_the_expired_storage_url(
         url = fake.site.url("/api/download/models/2002")
         await interrupted(url, source_env, after_bytes=MIB, civitai_token=TOKEN)
         path = source_env / "dreamModel_v20.safetensors"
-        assert (source_env / "dreamModel_v20.safetensors.aria2").exists()
+        assert (source_env / "dreamModel_v20.safetensors.part.aria2").exists()
         first = len(fake.storage.requests)
         first_bytes = sum(r.body_bytes for r in fake.storage.requests)
         fake.expire_storage_urls()

@@ -176,7 +176,7 @@ async def test_resume_after_interruption_confirms_again(
     try:
         url = fake.drive.url(f"/file/d/{FILE_ID}/view")
         await interrupted(url, source_env, after_bytes=MIB)
-        assert (source_env / "m.safetensors.aria2").exists()
+        assert (source_env / "m.safetensors.part.aria2").exists()
         first = len(fake.usercontent.requests)
         fake.usercontent.rate_limit = None
         await segdl.download(url, source_env)

@@ -272,7 +272,7 @@ async def test_resume_after_interruption_re_resolves(
         monkeypatch.setenv("HF_ENDPOINT", fake.base_url)
         url = fake.hub.url("/acme/diffusion/resolve/main/unet/model.safetensors")
         await interrupted(url, source_env, after_bytes=MIB)
-        assert (source_env / "model.safetensors.aria2").exists()
+        assert (source_env / "model.safetensors.part.aria2").exists()
         first = len(fake.cdn.requests)
         fake.expire_cdn_urls()
         fake.cdn.rate_limit = None

@@ -142,6 +142,9 @@ async def test_tampered_byte_is_a_checksum_mismatch(
         await segdl.download(file.link(), source_env)
     assert info.value.exit_code == 32
     assert "MAC mismatch" in str(info.value)
+    # Checked before the file gets its name: the wrong bytes never had it, and are gone.
+    assert "deleted" in str(info.value)
+    assert files_in(source_env) == []
 
 
 async def test_wrong_key_is_refused(mega: FakeMega, source_env: pathlib.Path) -> None:
@@ -203,7 +206,7 @@ async def test_bandwidth_limit_on_the_data_connections_is_server_busy(
             await segdl.download(file.link(), source_env, options=options, on_event=on_event)
     assert info.value.exit_code == 29
     assert "509" in str(info.value)
-    assert (source_env / "m.bin.aria2").exists()
+    assert (source_env / "m.bin.part.aria2").exists()
 
 
 async def test_storage_path_ranges_of_the_fake() -> None:
@@ -228,7 +231,7 @@ async def test_resume_after_interruption(
         monkeypatch.setenv("SEGDL_MEGA_API_URL", fake.api_url)
         file = fake.add(MegaFile("resumed.safetensors", os.urandom(3 * MIB + 12345)))
         await interrupted(file.link(), source_env, after_bytes=MIB)
-        assert (source_env / "resumed.safetensors.aria2").exists()
+        assert (source_env / "resumed.safetensors.part.aria2").exists()
         first = len(fake.storage.requests)
         fake.storage.rate_limit = None
         await segdl.download(file.link(), source_env)

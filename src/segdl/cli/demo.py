@@ -18,6 +18,7 @@ from ..api import download_sync
 from ..core.events import Event
 from ..core.sizes import parse_size
 from ..engine.options import Options
+from ..io import files, records
 from ..testing.rangeserver import RangeServer, Resource
 from .progressbar import ProgressBar, format_bytes
 
@@ -41,8 +42,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return 28
     directory = Path(args.dir)
     target = directory / NAME
-    for leftover in (target, target.with_name(NAME + ".aria2"), target.with_name(NAME + ".segdl")):
-        leftover.unlink(missing_ok=True)
+    # A fresh download every time: no earlier file, partial or record of it.
+    target.unlink(missing_ok=True)
+    files.discard(files.partial_path(target))
+    records.forget_record(target)
     print(f"Generating a {format_bytes(size)} file…", flush=True)
     body = generated_file(size)
     expected = hashlib.sha256(body).hexdigest()

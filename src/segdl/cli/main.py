@@ -24,7 +24,7 @@ from ..core.inputfile import InputFileError
 from ..core.sizes import parse_size
 from ..engine.options import Options, RetryPolicy
 from ..engine.throttle import RateLimit
-from ..errors import DownloadError
+from ..errors import DownloadError, FileExists
 from ..server.cli import add_proxy_arguments, add_serve_arguments, proxies_from_args, run_serve
 from ..sources.modelfiles import ModelFileOptions
 from .batchprogress import BatchReporter, BatchView, LiveDisplay
@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a partial file that has no control file",
     )
     get.add_argument(
-        "--allow-overwrite", action="store_true", help="replace an existing file instead of failing"
+        "--allow-overwrite",
+        action="store_true",
+        help="replace an existing file segdl cannot vouch for, once the new one is complete "
+        "and verified (without it: exit 13)",
     )
     get.add_argument(
         "-i",
@@ -370,8 +373,24 @@ def _get_one(
 
     result = trio.run(_run_batch, jobs, options, args, limits, on_event, model_files)
     for outcome in result.failed:
-        print(f"segdl: error: {outcome.error}", file=stderr, flush=True)
+        assert outcome.error is not None
+        print(f"segdl: error: {error_line(outcome.error)}", file=stderr, flush=True)
     return result.exit_code
+
+
+# aria2c refuses an existing file without -c or --allow-overwrite (exit 13); so does segdl,
+# unless its record shows the file is the server's current version.  The line says what to do.
+EXISTS_HINT = (
+    "run again with --allow-overwrite to download it beside the old file and replace that "
+    "once the new one is complete and verified (or -c to continue it, as aria2c does)"
+)
+
+
+def error_line(error: DownloadError) -> str:
+    """The error as ``segdl get`` prints it: the message, and what to do when it says."""
+    if isinstance(error, FileExists):
+        return f"{error}; {EXISTS_HINT}"
+    return str(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -411,9 +411,9 @@ def filename_from_url(url: str) -> str | None:
 # Most file systems limit a name to 255 bytes (ext4, btrfs) or 255 UTF-16 units (APFS, NTFS);
 # 255 UTF-8 bytes satisfies both, since no character takes more UTF-16 units than UTF-8 bytes.
 MAX_NAME_BYTES = 255
-# A partial download's sidecars add a suffix to its name: ".aria2", ".segdl", and the
-# temporary "NAME.aria2__temp" an atomic replace writes first (io/files.py), the longest.
-MAX_PARTIAL_NAME_BYTES = MAX_NAME_BYTES - len(".aria2__temp")
+# A download is written under a partial name with its control file beside it, and that is
+# replaced through a temporary file first (io/files.py): "NAME.part.aria2__temp", the longest.
+MAX_PARTIAL_NAME_BYTES = MAX_NAME_BYTES - len(".part.aria2__temp")
 
 # An extension longer than this is not worth keeping at the expense of the name itself.
 _MAX_EXTENSION_BYTES = 32
@@ -502,7 +502,7 @@ def sanitize_filename(
         fallback: used when nothing of *name* survives; sanitised the same way, and replaced
             by ``"download"`` if nothing of it survives either.
         max_bytes: the longest name, in UTF-8 bytes.  A download's name needs room for its
-            sidecars' suffixes (``NAME.aria2``, and the temporary ``NAME.aria2__temp``
+            partial's suffixes (``NAME.part.aria2``, and the temporary ``NAME.part.aria2__temp``
             while it is replaced): :data:`MAX_PARTIAL_NAME_BYTES`.
 
     Returns:

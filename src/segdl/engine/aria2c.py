@@ -2,7 +2,9 @@
 
 The file decisions (resume, restart, complete, exists) are made before any engine runs
 (:mod:`segdl.engine.target`), so both engines treat a partial alike; the sidecar is aria2's
-own control file, which is why a download may change engine between runs.
+own control file, which is why a download may change engine between runs.  aria2c writes
+the partial (its ``out`` is ``NAME.part``); segdl verifies and publishes it, as for any
+engine.
 
 One aria2c per download, started with ``--enable-rpc`` on a free 127.0.0.1 port.  What must
 stay private never reaches argv, which any local user can read (``/proc/PID/cmdline``): the RPC
@@ -76,6 +78,7 @@ from ..errors import (
     redact_url,
     status_error,
 )
+from ..io import files
 from ..io.dataplane import USER_AGENT
 from ..io.probe import ProbeResult
 from .aria2proxy import aria2_environment, aria2_proxy_conf, check_aria2_proxies
@@ -230,26 +233,36 @@ class Aria2cEngine:
         check_aria2_proxies(proxies, [probe.url, *(m.url for m in job.mirrors)])
         renewals = 0
         progress = _Progress()
-        while True:
-            # aria2c spreads connections over several URIs itself, but sends one set of
-            # headers to all of them: only mirrors wanting exactly the same headers join.
-            mirrors = [m.url for m in job.mirrors if m.headers == probe.headers]
-            before = progress.completed
-            try:
-                async with open_aria2c(binary, job.options) as aria2:
-                    await _run_download(aria2, job, probe, mirrors, progress)
-                break
-            except (AuthError, BadResponse) as exc:
-                # A site's signed link expired before aria2c was told a fresh one (it keeps
-                # the URI it was given for every piece): a fresh link, and aria2c goes on
-                # from its control file.  aria2c reports it as an auth failure, or, once the
-                # refused URI was its last, as "No URI available".
-                expired = isinstance(exc, AuthError) or "no uri available" in str(exc).lower()
-                stuck = renewals and progress.completed <= before  # a fresh link did not help
-                if not expired or job.renew is None or stuck or renewals >= MAX_RESTARTS_FOR_LINKS:
-                    raise
-                probe = await _fresh_link(job, exc)
-                renewals += 1
+        try:
+            while True:
+                # aria2c spreads connections over several URIs itself, but sends one set of
+                # headers to all of them: only mirrors wanting exactly the same headers join.
+                mirrors = [m.url for m in job.mirrors if m.headers == probe.headers]
+                before = progress.completed
+                try:
+                    async with open_aria2c(binary, job.options) as aria2:
+                        await _run_download(aria2, job, probe, mirrors, progress)
+                    break
+                except (AuthError, BadResponse) as exc:
+                    # A site's signed link expired before aria2c was told a fresh one (it
+                    # keeps the URI it was given for every piece): a fresh link, and aria2c
+                    # goes on from its control file.  aria2c reports it as an auth failure,
+                    # or, once the refused URI was its last, as "No URI available".
+                    expired = isinstance(exc, AuthError) or "no uri available" in str(exc).lower()
+                    stuck = renewals > 0 and progress.completed <= before  # renewal did not help
+                    if not expired or job.renew is None or stuck:
+                        raise
+                    if renewals >= MAX_RESTARTS_FOR_LINKS:
+                        raise
+                    probe = await _fresh_link(job, exc)
+                    renewals += 1
+        finally:
+            # aria2c rewrote the control file without segdl's trailer; once it has stopped,
+            # the validators go back in, so that the next run still sees a changed file.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(
+                    files.seal_control, job.target.path, job.target.validators
+                )
         # aria2c checked --checksum itself before it reported the download complete.
         return TransferResult(checksum_verified=job.options.checksum is not None)
 
@@ -381,7 +394,8 @@ async def _run_download(
             code = _int(status.get("errorCode")) or 1
             if code == 32 and options.checksum is not None:
                 raise ChecksumMismatch(
-                    f"checksum mismatch for {path.name}: expected {options.checksum.algorithm} "
+                    f"checksum mismatch for {start.final.name}: expected "
+                    f"{options.checksum.algorithm} "
                     f"{options.checksum.hexdigest} (checked by aria2c)",
                     url=probe.url,
                 )

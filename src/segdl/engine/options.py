@@ -59,7 +59,7 @@ class Options:
     ``split``             ``-s``: ranges a file is split into at most at a time
     ``min_split_size``    ``-k``: no range smaller than this is split off (≥ 1 MiB)
     ``continue_partial``  ``-c``: continue an existing file that has no control file
-    ``allow_overwrite``   replace an existing different file instead of failing
+    ``allow_overwrite``   replace a file segdl cannot vouch for (once the new one verified)
     ``checksum``          ``--checksum``: verify the whole file at the end
     ``headers``           extra request headers (auth); never sent to another origin
     ``ca_certificate``    extra CA bundle trusted for HTTPS

@@ -1,10 +1,12 @@
-"""The file side: allocation, durable writes, and the resume sidecars.
+"""The file side: allocation, durable writes, the resume sidecar, publishing.
 
-A partial download keeps its final name.  Beside it sit aria2's control file
-(``NAME.aria2``, byte-compatible, see :mod:`segdl.core.controlfile`) and a small JSON file of
-the validators aria2 does not keep (``NAME.segdl``: URL, ETag, Last-Modified, size).
-Ordering for crash safety: data is fsynced before a control file claiming it is written, and
-control files are replaced atomically (write a temporary file, fsync, rename, fsync the dir).
+A download is written under a partial name no model scanner picks up (``NAME.part``), with
+aria2's control file beside it (``NAME.part.aria2``, byte-compatible, see
+:mod:`segdl.core.controlfile`) ending in segdl's trailer of the validators aria2 does not keep
+(URL, ETag, Last-Modified, size; :mod:`segdl.core.trailer`).  Only a verified file is renamed
+to ``NAME`` (:func:`publish`).  Ordering for crash safety: data is fsynced before a control
+file claiming it is written; control files are replaced atomically (write a temporary file,
+fsync, rename, fsync the dir); a data file goes before its control file (:func:`discard`).
 """
 
 from __future__ import annotations
@@ -15,36 +17,53 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 from ..core.controlfile import ControlFile, ControlFileError
 from ..core.resume import Validators
+from ..core.trailer import seal, unseal
 from ..errors import DiskError, DiskFull
 
 __all__ = [
+    "KEEP",
+    "PART_SUFFIX",
     "Validators",
     "check_free_space",
     "check_writable_dir",
+    "control_path",
+    "discard",
     "fsync_file",
     "hash_file",
     "open_data_file",
+    "partial_path",
+    "publish",
     "read_control",
-    "read_validators",
+    "read_legacy_validators",
+    "read_sealed",
     "remove_sidecars",
+    "seal_control",
+    "sync_file",
     "write_atomic",
+    "write_control",
 ]
 
-VALIDATORS_SUFFIX = ".segdl"
+PART_SUFFIX = ".part"
 CONTROL_SUFFIX = ".aria2"
+# segdl 0.1 kept the validators beside the data file; read and removed, never written.
+LEGACY_VALIDATORS_SUFFIX = ".segdl"
+
+
+def partial_path(final: Path) -> Path:
+    """Where the download of *final* is written until it is verified: ``NAME.part``."""
+    return final.with_name(final.name + PART_SUFFIX)
 
 
 def control_path(path: Path) -> Path:
     return path.with_name(path.name + CONTROL_SUFFIX)
 
 
-def validators_path(path: Path) -> Path:
-    return path.with_name(path.name + VALIDATORS_SUFFIX)
+def legacy_validators_path(path: Path) -> Path:
+    return path.with_name(path.name + LEGACY_VALIDATORS_SUFFIX)
 
 
 def disk_error(exc: OSError, what: str) -> DiskError:
@@ -67,13 +86,23 @@ def check_writable_dir(directory: Path) -> None:
         raise DiskError(f"directory {directory} is not writable")
 
 
-def check_free_space(directory: Path, needed: int) -> None:
+def check_free_space(directory: Path, needed: int, *, beside: Path | None = None) -> None:
+    """Refuse a download of *needed* more bytes that does not fit in *directory*.
+
+    *beside*: the file the download will replace.  It stays until the new one is complete
+    and verified, so its bytes are not counted as free; the message says so.
+    """
     try:
         free = shutil.disk_usage(directory).free
     except OSError:
         return
     if needed > free:
-        raise DiskFull(f"not enough disk space in {directory}: need {needed} bytes, {free} free")
+        why = (
+            f" (beside {beside.name}, which stays until the new file is complete)" if beside else ""
+        )
+        raise DiskFull(
+            f"not enough disk space in {directory}: need {needed} bytes{why}, {free} free"
+        )
 
 
 def open_data_file(path: Path, size: int | None, *, truncate: bool) -> int:
@@ -176,13 +205,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def read_control(path: Path) -> ControlFile | None:
-    """The control file beside *path*, None if absent.
+def read_sealed(path: Path) -> tuple[ControlFile, Validators | None] | None:
+    """The control file beside the data file *path* and its trailer's validators (None: a
+    control file aria2c wrote); None if there is no control file.
 
-    Raises ControlFileError when the resume state cannot be trusted: the control file is
-    corrupt, or the validators file beside it exists but cannot be read.  Without validators
-    a resume cannot tell that the remote file changed and would mix two versions; a partial
-    that aria2c started has no validators file at all, and is trusted as aria2c trusts it.
+    Raises ControlFileError when the resume state cannot be trusted: it does not decode, or
+    its trailer is damaged (:mod:`segdl.core.trailer`).
     """
     try:
         data = control_path(path).read_bytes()
@@ -190,109 +218,69 @@ def read_control(path: Path) -> ControlFile | None:
         return None
     except OSError as exc:
         raise ControlFileError(f"cannot read {control_path(path)}: {exc.strerror}") from exc
-    control = ControlFile.decode(data)
-    try:
-        raw = _load_validators_json(path)
-    except FileNotFoundError:
-        return control
-    except (OSError, ValueError) as exc:
-        raise ControlFileError(f"{validators_path(path)} is damaged: {exc}") from exc
-    _check_seal(path, data, raw)
-    return control
+    return unseal(data)
 
 
-def _check_seal(path: Path, data: bytes, raw: dict[str, object]) -> None:
-    """A control file that decodes can still be wrong (a flipped bit claiming a piece that
-    was never fetched).  write_control seals each version in the validators file: its
-    digest and the control file's mtime.  A different digest with the *same* mtime is damage
-    at rest; a different mtime means another writer (aria2c resuming our partial) replaced
-    it, which is trusted as aria2c trusts its own files.
+def read_control(path: Path) -> ControlFile | None:
+    """The control file beside *path*, None if absent; ControlFileError if untrustworthy."""
+    state = read_sealed(path)
+    return None if state is None else state[0]
+
+
+class _Keep:
+    """write_control's default: the validators the control file already has."""
+
+
+KEEP = _Keep()
+
+
+def write_control(
+    path: Path, control: ControlFile, validators: Validators | _Keep | None = KEEP
+) -> None:
+    """Replace the control file beside *path*, sealed with *validators* in its trailer.
+
+    By default the trailer the control file has is kept: an engine saving its progress
+    does not know the validators, and a control file aria2c rewrote (no trailer) stays
+    aria2c's.  A damaged one is not carried over.
     """
-    digest, mtime = raw.get("control_sha256"), raw.get("control_mtime_ns")
-    if not isinstance(digest, str) or not isinstance(mtime, int):
-        return  # written before seals, or by a writer that does not seal
-    if hashlib.sha256(data).hexdigest() == digest:
+    if isinstance(validators, _Keep):
+        try:
+            saved = read_sealed(path)
+        except ControlFileError:
+            saved = None
+        validators = None if saved is None else saved[1]
+    data = control.encode() if validators is None else seal(control, validators)
+    write_atomic(control_path(path), data)
+
+
+def seal_control(path: Path, validators: Validators) -> None:
+    """Give the control file beside *path* a trailer again if a writer that does not keep
+    one (aria2c) replaced it; nothing if there is none or it cannot be read."""
+    try:
+        saved = read_sealed(path)
+    except ControlFileError:
         return
+    if saved is not None and saved[1] is None:
+        write_control(path, saved[0], validators)
+
+
+def read_legacy_validators(path: Path) -> Validators | None:
+    """The validators segdl 0.1 kept beside a partial at the model's name (``NAME.segdl``),
+    so a partial left by that version is still checked against the server; None if there are
+    none or they cannot be read."""
     try:
-        current_mtime = control_path(path).stat().st_mtime_ns
-    except OSError as exc:
-        raise ControlFileError(f"cannot read {control_path(path)}: {exc.strerror}") from exc
-    if current_mtime == mtime:
-        raise ControlFileError(f"{control_path(path)} does not match its seal: damaged")
-
-
-def write_control(path: Path, control: ControlFile) -> None:
-    """Replace the control file, then seal it in the validators file (see _check_seal).
-
-    A crash between the two leaves the new control file with the old seal: a different
-    mtime, so it is trusted — it is a complete, fsynced version of our own.
-    """
-    data = control.encode()
-    target = control_path(path)
-    write_atomic(target, data)
-    try:
-        raw = _load_validators_json(path)
-    except (OSError, ValueError):
-        return  # no validators to seal into (open_target writes them first)
-    raw["control_sha256"] = hashlib.sha256(data).hexdigest()
-    try:
-        raw["control_mtime_ns"] = target.stat().st_mtime_ns
-    except OSError as exc:
-        raise disk_error(exc, f"cannot read {target}") from exc
-    write_atomic(validators_path(path), json.dumps(raw, indent=1).encode())
-
-
-def read_validators(path: Path) -> Validators | None:
-    """The validators saved beside *path*; None if there are none or they cannot be read."""
-    try:
-        return _load_validators(path)
+        raw = json.loads(legacy_validators_path(path).read_bytes())
     except (OSError, ValueError):
         return None
-
-
-def _load_validators_json(path: Path) -> dict[str, object]:
-    """The validators file as written; ValueError unless it holds valid validators."""
-    raw = json.loads(validators_path(path).read_bytes())
     if not isinstance(raw, dict):
-        raise ValueError("not a JSON object")
-    _validators_from(raw)
-    seal = raw.get("control_sha256"), raw.get("control_mtime_ns")
-    if seal != (None, None) and (
-        not isinstance(seal[0], str) or not isinstance(seal[1], int) or isinstance(seal[1], bool)
-    ):
-        raise ValueError(f"bad control seal {seal!r}")
-    return raw
-
-
-def _load_validators(path: Path) -> Validators:
-    """Parse the validators file; ValueError for anything but what write_validators writes."""
-    return _validators_from(_load_validators_json(path))
-
-
-def _validators_from(raw: dict[str, object]) -> Validators:
+        return None
     url, size = raw.get("url"), raw.get("size")
     etag, last_modified = raw.get("etag"), raw.get("last_modified")
-    if not isinstance(url, str):
-        raise ValueError("no url")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-        raise ValueError(f"bad size {size!r}")
-    return Validators(
-        url=url,
-        size=size,
-        etag=_optional_text(etag, "etag"),
-        last_modified=_optional_text(last_modified, "last_modified"),
-    )
-
-
-def _optional_text(value: object, name: str) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"bad {name} {value!r}")
-    return value
-
-
-def write_validators(path: Path, validators: Validators) -> None:
-    data = json.dumps({"version": 1, **asdict(validators)}, indent=1).encode()
-    write_atomic(validators_path(path), data)
+    if not isinstance(url, str) or not (size is None or type(size) is int):
+        return None
+    if not all(v is None or isinstance(v, str) for v in (etag, last_modified)):
+        return None
+    return Validators(url=url, size=size, etag=etag, last_modified=last_modified)
 
 
 def hash_file(path: Path, algorithm: str) -> str:
@@ -310,8 +298,49 @@ def hash_file(path: Path, algorithm: str) -> str:
 
 
 def remove_sidecars(path: Path) -> None:
-    """Remove both sidecars, and the temporary file of one a crash left half-written."""
-    for side in (control_path(path), validators_path(path)):
+    """Remove the control file beside *path* (and the temporary file of one a crash left
+    half-written), and segdl 0.1's validators file."""
+    for side in (control_path(path), legacy_validators_path(path)):
         for name in (side, _temporary(side)):
             with contextlib.suppress(FileNotFoundError):
                 name.unlink()
+
+
+def discard(path: Path) -> None:
+    """Remove a data file and then its sidecars.
+
+    Data first: a crash in between leaves a control file without data (discarded as
+    defunct), never a full-size file without the state that says what it holds — which
+    would be taken for a complete download.
+    """
+    try:
+        path.unlink(missing_ok=True)
+    except IsADirectoryError:
+        pass
+    except OSError as exc:
+        raise disk_error(exc, f"cannot remove {path}") from exc
+    remove_sidecars(path)
+
+
+def sync_file(path: Path) -> None:
+    """fsync the file at *path*: its data is on disk when this returns."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise disk_error(exc, f"cannot flush {path} to disk") from exc
+
+
+def publish(partial: Path, final: Path) -> None:
+    """Put the verified *partial* under its *final* name: fsync the data, rename it over
+    whatever is there (atomically: a reader sees the old file or the new, never a mix),
+    fsync the directory so the rename survives a power loss."""
+    sync_file(partial)
+    try:
+        os.replace(partial, final)
+    except OSError as exc:
+        raise disk_error(exc, f"cannot rename {partial.name} to {final.name}") from exc
+    _fsync_dir(final.parent)

@@ -1,7 +1,12 @@
 """The flow of one download, the same for every engine and every way in.
 
     resolve the source ─▶ probe its URLs ─▶ open the target ─▶ Started
-        ─▶ the engine fills the target ─▶ finish the target (verify, clean) ─▶ Success
+        ─▶ the engine fills NAME.part ─▶ verify it (size, checksum, the source's own check)
+        ─▶ publish it as NAME ─▶ after-publish steps ─▶ Success
+
+Opening the target may find the file already there and current (segdl's record of it, or a
+checksum, says so): then nothing is fetched and the flow goes straight to the after-publish
+steps.  A file that fails verification is deleted, never published.
 
 A file that changes on the server while it is fetched (:class:`~segdl.errors.RemoteChanged`)
 restarts the flow from a fresh resolve, at most :data:`MAX_RESTARTS` times: two versions are
@@ -14,7 +19,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -34,21 +39,34 @@ from ..core.proxyrules import ProxySettings
 from ..core.urls import HttpURL
 from ..engine.base import Engine, EventSink, Renew, Transfer, get_engine
 from ..engine.options import Options, RetryPolicy
-from ..engine.target import finish_target, open_target, restart_target
+from ..engine.target import open_target, publish_target, reject, restart_target, verify_target
 from ..engine.throttle import RateLimit
-from ..errors import BadResponse, DownloadError, HTTPStatusError, RemoteChanged, redact_url
+from ..errors import (
+    BadResponse,
+    ChecksumMismatch,
+    DownloadError,
+    HTTPStatusError,
+    RemoteChanged,
+    redact_url,
+)
 from ..io.control import open_control_client
 from ..io.dataplane import Transform
 from ..io.files import check_writable_dir
 from ..io.probe import ProbeResult, probe
 from ..sources.base import DownloadPlan
+from ..sources.modelfiles import ModelFileOptions
 from .modelfolder import choose_directory, find_copy, write_metadata
 from .request import DownloadRequest
 
-__all__ = ["MAX_RESTARTS", "fetch_probed", "run_download"]
+__all__ = ["MAX_RESTARTS", "AfterPublish", "fetch_probed", "run_download"]
 
 # A file that changes under us twice in a row is being rewritten: stop rather than loop.
 MAX_RESTARTS = 2
+
+# A step run once the model is under its name, with the Success that says where (issue 15's
+# sha256 index and metadata files belong here).  It runs whether this run published the
+# file or found it already there, and never after a failure.
+AfterPublish = Callable[[Success], Awaitable[None]]
 
 
 async def run_download(request: DownloadRequest, emit: EventSink) -> Success:
@@ -132,8 +150,12 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             if plan.source != "direct" and primary < len(plan.urls):
                 # A link the site gave (signed for a while): asked for again when it expires.
                 renew = partial(_fresh_link, request, client, probed, plan)
+            # Steps after publishing, in order: the metadata files beside the model.
+            after_publish: list[AfterPublish] = [
+                partial(_metadata_step, plan, files, client=client, emit=emit)
+            ]
             try:
-                result = await fetch_probed(
+                return await fetch_probed(
                     probed,
                     path,
                     run_options,
@@ -143,6 +165,8 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
                     limits=request.limits,
                     transform=plan.transform,
                     renew=renew,
+                    verify=plan.verify,
+                    after_publish=after_publish,
                 )
             except RemoteChanged:
                 if attempt >= MAX_RESTARTS:
@@ -150,10 +174,6 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
                 # Never mix two versions: drop the partial and start over from a new probe.
                 await trio.to_thread.run_sync(restart_target, path)
                 continue
-            if plan.verify is not None:
-                await plan.verify(path)
-            await write_metadata(Path(result.path), plan, files, client=client, emit=emit)
-            return result
     raise AssertionError("unreachable")
 
 
@@ -168,43 +188,76 @@ async def fetch_probed(
     limits: Sequence[RateLimit] = (),
     transform: Transform | None = None,
     renew: Renew | None = None,
+    verify: Callable[[Path], Awaitable[None]] | None = None,
+    after_publish: Sequence[AfterPublish] = (),
 ) -> Success:
-    """Open the target, let *engine* fill it, finish it: the part of the flow after the probe.
+    """Open the target, let *engine* fill it, verify it, publish it at *path*: the part of
+    the flow after the probe.
+
+    *verify* is the source's own check of the finished partial (MEGA's MAC), run after the
+    checksum and before the file gets its name; *after_publish* run once it has it.
 
     Raises:
         DownloadError: :class:`RemoteChanged` means the server's file is not the one the
             partial came from (the caller restarts after a new probe).
+            :class:`ChecksumMismatch`: the file failed a check and was deleted.
     """
     engine.check(transform is not None)  # before anything is written
     target = await trio.to_thread.run_sync(open_target, path, probed, options)
     emit(Started(filename=path.name, size=probed.size, path=str(path)))
     checksum_verified = False
-    if target.complete:
-        emit(
-            Progress(
-                progress=1.0,
-                rate=0.0,
-                eta=0.0,
-                downloaded=target.resumed_bytes,
-                total=target.resumed_bytes,
-                connections=0,
+    try:
+        if target.complete:
+            emit(
+                Progress(
+                    progress=1.0,
+                    rate=0.0,
+                    eta=0.0,
+                    downloaded=target.resumed_bytes,
+                    total=target.resumed_bytes,
+                    connections=0,
+                )
+            )
+        else:
+            job = Transfer(
+                probe=probed,
+                target=target,
+                options=options,
+                emit=emit,
+                mirrors=tuple(mirrors),
+                limits=tuple(limits),
+                transform=transform,
+                renew=renew,
+            )
+            checksum_verified = (await engine.transfer(job)).checksum_verified
+        verified = await trio.to_thread.run_sync(
+            lambda: verify_target(
+                target, options, url=probed.url, checksum_verified=checksum_verified
             )
         )
-    else:
-        job = Transfer(
-            probe=probed,
-            target=target,
-            options=options,
-            emit=emit,
-            mirrors=tuple(mirrors),
-            limits=tuple(limits),
-            transform=transform,
-            renew=renew,
-        )
-        checksum_verified = (await engine.transfer(job)).checksum_verified
-    return await trio.to_thread.run_sync(
-        lambda: finish_target(target, options, url=probed.url, checksum_verified=checksum_verified)
-    )
+        if verify is not None and not target.published:
+            await verify(target.path)
+    except ChecksumMismatch as exc:
+        # The bytes are wrong: gone, so that the next run downloads them anew.
+        rejected = await trio.to_thread.run_sync(reject, target, exc)
+        if rejected is exc:
+            raise
+        raise rejected from exc
+    result = await trio.to_thread.run_sync(publish_target, target, verified)
+    for step in after_publish:
+        await step(result)
+    return result
+
+
+async def _metadata_step(
+    plan: DownloadPlan,
+    files: ModelFileOptions | None,
+    result: Success,
+    *,
+    client: httpx.AsyncClient,
+    emit: EventSink,
+) -> None:
+    await write_metadata(Path(result.path), plan, files, client=client, emit=emit)
 
 
 async def _fresh_link(
@@ -299,7 +352,7 @@ async def probe_sources(
 
 def _filename(out: str | None, probed: ProbeResult, plan: DownloadPlan, url: str) -> str:
     """``-o``, else Content-Disposition, else the site's name, else the URL (sanitised)."""
-    # Short enough that the sidecars' names (NAME.aria2__temp) fit in a directory entry too.
+    # Short enough that the partial's names (NAME.part.aria2__temp) fit in a directory entry.
     limit = MAX_PARTIAL_NAME_BYTES
     if out:
         return sanitize_filename(out, max_bytes=limit)

@@ -228,14 +228,21 @@ class DownloadQueue:
     ) -> DownloadRequest:
         """The request for *url* into *folder* with the server's options and engine.
 
+        Asked again for a file it has, the server answers at once when segdl's record shows
+        the file is the server's current version, and otherwise downloads it beside the old
+        one and replaces that only once the new one is complete and verified (as
+        sd-inference-server users expect to get the file, never to lose a good one).
+
         Raises:
             DownloadError: the URL cannot be downloaded (one line for the client).
         """
         auto = folder == AUTO
+        # The server replaces a file it cannot vouch for, safely (issue 15: asked again).
+        options = replace(self._options or Options(), allow_overwrite=True)
         return build_request(
             url,
             self._models_dir if auto else self._models_dir / folder,
-            options=self._options,
+            options=options,
             engine=self._engine,
             civitai_token=civitai_token,
             hf_token=hf_token,
@@ -539,8 +546,10 @@ def _fresher(new: DownloadRequest, old: DownloadRequest) -> DownloadRequest:
 def _client_message(exc: DownloadError, job: Job) -> str:
     """The error as a UI user reads it: no command-line advice, no server paths."""
     if isinstance(exc, FileExists) and not isinstance(exc, DuplicateModel):
+        # The server replaces files it cannot vouch for, so this is another download of
+        # the same name at the same moment (aria2c's "already being downloaded").
         return (
-            f"a file of that name is already in the {job.folder} folder and segdl cannot "
-            "tell it is this one; delete or rename it to download again"
+            f"a file of that name is being written in the {job.folder} folder by another "
+            "download; try again once it has finished"
         )
     return str(exc)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DiskError
-from .files import _fsync_dir, disk_error
+from .files import disk_error, publish
 
 __all__ = ["PartialUpload", "open_partial_upload"]
 
@@ -45,19 +45,10 @@ class PartialUpload:
         """Make the data durable, then give it the final name (replacing a file there)."""
         if self.fd is None:
             raise DiskError(f"{self.partial} is closed")
-        try:
-            os.fsync(self.fd)
-        except OSError as exc:
-            raise disk_error(exc, f"cannot flush {self.partial.name} to disk") from exc
-        finally:
-            self._close()
+        self._close()
         if self.final.is_dir():
             raise DiskError(f"{self.final.name} is a directory in {self.final.parent.name}")
-        try:
-            os.replace(self.partial, self.final)
-        except OSError as exc:
-            raise disk_error(exc, f"cannot rename {self.partial.name}") from exc
-        _fsync_dir(self.final.parent)
+        publish(self.partial, self.final)
 
     def discard(self) -> None:
         """Close and remove the partial file; the final name is not touched."""

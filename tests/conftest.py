@@ -70,6 +70,7 @@ def nginx_server(tmp_path: Path) -> Iterator[NginxFactory]:
         limit_rate: str | None = None,
         workers: int = 1,
         access_log: bool = True,
+        log_format: str | None = None,
     ) -> Nginx:
         server = Nginx(
             root,
@@ -78,6 +79,7 @@ def nginx_server(tmp_path: Path) -> Iterator[NginxFactory]:
             limit_rate=limit_rate,
             workers=workers,
             access_log=access_log,
+            log_format=log_format,
             workdir=tmp_path / f"nginx-{len(started)}",
         )
         server.start()

@@ -58,7 +58,7 @@ from pathlib import Path
 
 from bench import Progress, sha256_of, write_random_file
 
-from segdl.core.headers import parse_size
+from segdl.core.sizes import parse_size
 from segdl.testing.nginx import Nginx
 from segdl.testing.tls import CertPair, make_self_signed
 

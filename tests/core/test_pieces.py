@@ -308,7 +308,8 @@ def assert_disjoint_but_pairs(pm: PieceMap) -> None:
     for a in pm.active:
         if a.rival is not None:
             twin = pm.get(a.rival)
-            assert twin is not None and twin.rival == a.id
+            assert twin is not None
+            assert twin.rival == a.id
             assert (twin.position, twin.end) == (a.position, a.end)
 
 
@@ -317,7 +318,8 @@ def stalled_tail() -> tuple[PieceMap, Assignment]:
     pm = PieceMap(4 * MIB, MIB)
     slow = pm.claim(MIB, Endgame(now=0.0))
     fast = pm.claim(MIB, Endgame(now=0.0))
-    assert slow is not None and fast is not None
+    assert slow is not None
+    assert fast is not None
     assert (slow.start, fast.start) == (0, 2 * MIB)
     pm.reserve(slow.id, 2 * MIB)
     pm.admit(slow.id, 64 * 1024)
@@ -348,7 +350,8 @@ def test_the_twin_delivering_first_wins_and_the_slow_one_writes_nothing_more() -
     pm.reserve(twin.id, MIB)
     assert pm.admit(twin.id, 100_000) == 100_000
     assert pm.take_losers() == [slow.id]
-    assert slow.lost and slow.end == slow.position
+    assert slow.lost
+    assert slow.end == slow.position
     # The slow one's chunk arrives after all: refused, counted as duplicated.
     assert pm.admit(slow.id, 64 * 1024) == 0
     assert pm.duplicate_bytes == 64 * 1024
@@ -401,5 +404,6 @@ def test_a_first_response_is_adopted_only_where_missing_data_begins() -> None:
     assert (a.start, a.reserved, a.end) == (MIB + 5000, 2 * MIB, 4 * MIB)
     # The others then steal above what it asked for.
     b = pm.claim(MIB)
-    assert b is not None and b.start >= 2 * MIB
+    assert b is not None
+    assert b.start >= 2 * MIB
     assert PieceMap(3, MIB, done=[0]).first_missing() is None

@@ -16,7 +16,7 @@ import trio
 
 import segdl
 from segdl.core.controlfile import ControlFile
-from segdl.core.events import Event, Progress
+from segdl.core.events import Event, Progress, Started
 from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
 from segdl.testing.tls import CertPair, server_context
 
@@ -32,13 +32,18 @@ FAST = segdl.Options(
 )
 
 
+def is_probe(info: RequestInfo) -> bool:
+    """The download's first request (its probe, on a data connection), or an httpx probe."""
+    return info.index == 0 or info.range in (None, "bytes=0-0")
+
+
 def on_data_requests(server: RangeServer, *faults: Fault) -> None:
-    """Hand *faults* out, in order, to data requests only (not to the bytes=0-0 probe)."""
+    """Hand *faults* out, in order, to data requests only (not to the probe)."""
     queue = list(faults)
     lock = threading.Lock()
 
     def hook(info: RequestInfo) -> Fault | None:
-        if info.range in (None, "bytes=0-0"):
+        if is_probe(info):
             return None
         with lock:
             return queue.pop(0) if queue else None
@@ -92,8 +97,10 @@ async def test_server_ignoring_ranges_falls_back_to_one_stream(
     await get(range_server, tmp_path)
     assert sha(tmp_path / "f.bin") == SHA
     gets = [r for r in range_server.requests if r.method == "GET"]
-    assert len(gets) == 2  # the probe (answered 200, body abandoned) and one stream
-    assert gets[1].range is None
+    # The first request asked for a range and got the whole file (200): that is the stream.
+    assert len(gets) == 1
+    assert gets[0].status == 200
+    assert gets[0].body_bytes == len(BODY)
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -122,9 +129,7 @@ async def test_persistently_wrong_content_range_fails_without_a_wrong_file(
 ) -> None:
     range_server.add("/f.bin", Resource(body=BODY))
     range_server.on_request(
-        lambda info: (
-            Fault.wrong_content_range(shift=1) if info.range not in (None, "bytes=0-0") else None
-        )
+        lambda info: None if is_probe(info) else Fault.wrong_content_range(shift=1)
     )
     with pytest.raises(segdl.BadResponse) as info:
         await get(range_server, tmp_path)
@@ -303,11 +308,12 @@ async def test_remote_change_during_download_restarts(tmp_path: pathlib.Path) ->
 
         def on_event(event: Event) -> None:
             nonlocal swapped_at
-            if isinstance(event, Progress) and event.downloaded > MIB and swapped_at < 0:
+            if isinstance(event, Started) and swapped_at < 0:
+                # The first response (v1) is in; every other range is asked for after this.
                 server.add("/f.bin", Resource(body=new_body, etag='"v2"'))
                 swapped_at = len(server.requests)
 
-        # Two connections: the first to finish steals from the other, after the swap.
+        # Two connections: the second asks for its range after the swap.
         options = segdl.Options(connections=2, split=2, progress_interval=0.05)
         await segdl.download(server.url("/f.bin"), tmp_path, options=options, on_event=on_event)
         after = server.requests[swapped_at:]

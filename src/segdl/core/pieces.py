@@ -325,8 +325,10 @@ class PieceMap:
             if theirs <= eg.factor * ours:
                 continue
             gain = theirs - ours
-            if best is None or gain > best_gain or (
-                gain == best_gain and a.remaining > best.remaining
+            if (
+                best is None
+                or gain > best_gain
+                or (gain == best_gain and a.remaining > best.remaining)
             ):
                 best, best_gain = a, gain
         return best

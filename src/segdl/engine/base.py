@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..core.events import Event
 from ..errors import DownloadError
 from ..io.dataplane import Transform
-from ..io.probe import ProbeResult
+from ..io.remote import ProbeResult
 from .options import Options
 from .target import Target
 from .throttle import RateLimit
+
+if TYPE_CHECKING:
+    from .warm import WarmStart
 
 __all__ = [
     "ENGINE_NAMES",
@@ -37,7 +40,9 @@ class Transfer:
     """One engine run: the file (its probe and mirrors) into an opened, unfinished target.
 
     ``limits``: rate limits every connection passes (``options.max_download_limit`` comes on
-    top); ``transform`` rewrites each chunk in place before it is written (MEGA decryption).
+    top); ``transform`` rewrites each chunk in place before it is written (MEGA decryption);
+    ``warm``: the download's first response and connections opened ahead (:mod:`.warm`), for
+    the native engine to adopt (other engines leave it; the flow closes what is left).
     """
 
     probe: ProbeResult
@@ -47,11 +52,13 @@ class Transfer:
     mirrors: tuple[ProbeResult, ...] = ()
     limits: tuple[RateLimit, ...] = ()
     transform: Transform | None = None
+    warm: WarmStart | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TransferResult:
     checksum_verified: bool = False  # the engine checked ``options.checksum`` itself
+    duplicate_bytes: int = 0  # received twice in the endgame (the loser's, never written)
 
 
 class Engine(Protocol):

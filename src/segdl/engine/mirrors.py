@@ -17,8 +17,8 @@ from typing import Protocol
 
 from ..core.responses import Expected
 from ..errors import DownloadError, NetworkError, RemoteChanged
-from ..io.dataplane import Endpoint
-from ..io.probe import ProbeResult
+from ..io.dataplane import Endpoint, TLSSessions
+from ..io.remote import ProbeResult
 from ..io.tls import client_context
 from .options import Options
 
@@ -41,6 +41,7 @@ class Mirror:
     endpoint: Endpoint
     ssl_context: ssl.SSLContext | None
     primary: bool
+    sessions: TLSSessions | None = None  # the TLS sessions its connections share
     dropped: DownloadError | None = None
     received: int = 0  # bytes fetched from it (under the ledger's lock)
     workers: int = 0  # workers currently using it
@@ -50,10 +51,20 @@ class Mirror:
     slow_windows: int = 0  # consecutive windows it was too slow
 
     @classmethod
-    def create(cls, probe: ProbeResult, options: Options, *, primary: bool) -> Mirror:
+    def create(
+        cls,
+        probe: ProbeResult,
+        options: Options,
+        *,
+        primary: bool,
+        sessions: TLSSessions | None = None,
+    ) -> Mirror:
         endpoint = Endpoint.from_url(probe.url)
-        context = client_context(options.ca_certificate) if endpoint.scheme == "https" else None
-        return cls(probe, endpoint, context, primary)
+        https = endpoint.scheme == "https"
+        context = client_context(options.ca_certificate) if https else None
+        if https and sessions is None:
+            sessions = TLSSessions()
+        return cls(probe, endpoint, context, primary, sessions if https else None)
 
     def count(self, nbytes: int) -> None:
         """Bytes fetched from this mirror (called under the ledger's lock)."""
@@ -74,7 +85,8 @@ class Mirror:
 
 class MirrorSet:
     """The mirrors of one download.  *lock* guards ``received`` (the ledger's lock);
-    *on_change* wakes idle workers when a mirror is dropped."""
+    *on_change* wakes idle workers when a mirror is dropped; *primary_sessions*: the TLS
+    sessions the primary's first connections (a warm start's) already hold."""
 
     def __init__(
         self,
@@ -84,8 +96,9 @@ class MirrorSet:
         *,
         lock: threading.Lock,
         on_change: Callable[[], None],
+        primary_sessions: TLSSessions | None = None,
     ) -> None:
-        self.mirrors = [Mirror.create(primary, options, primary=True)]
+        self.mirrors = [Mirror.create(primary, options, primary=True, sessions=primary_sessions)]
         self.mirrors += [Mirror.create(m, options, primary=False) for m in others]
         self._lock = lock
         self._on_change = on_change

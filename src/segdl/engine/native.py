@@ -2,9 +2,18 @@
 
 Structure: one nursery per file holds a worker task per connection, a progress task and a
 save task.  A worker loops: claim a range from the piece map (:mod:`segdl.core.pieces`, behind
-the :class:`~.ledger.Ledger`'s lock), fetch it in a worker thread (:mod:`segdl.io.dataplane`),
-release it.  Every response is held to :func:`segdl.core.responses.check_range_response`
+the :class:`~.ledger.Ledger`'s lock), fetch it in a worker thread (:mod:`segdl.io.dataplane`)
+as a series of closed requests sized to about :data:`REQUEST_SECONDS` of the connection's
+rate, release it.  Every response is held to :func:`segdl.core.responses.check_range_response`
 before its body is written.  The URLs of the file and their health are :mod:`.mirrors`'.
+
+A download begun by :mod:`.warm` hands the engine its first response (whose body is still in
+the socket: it becomes the first worker's range) and connections already open to the host.
+
+The endgame: a worker that finds nothing to claim while others still fetch polls every
+:data:`ENDGAME_POLL` seconds, and may get a twin of a range that is far slower than it would
+be (:class:`~segdl.core.pieces.Endgame`); the first of the pair to deliver wins and the
+ledger aborts the other.
 
 Cancellation: a thread blocked in ``recv`` cannot see trio's cancel, so every fetch runs
 beside a watcher task that aborts the connection (shuts the socket down) when the scope is
@@ -13,18 +22,18 @@ cancelled; the thread returns at once and the state is saved under a shielded, b
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-import ssl
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Protocol
 
 import trio
 
 from ..core.events import Progress
-from ..core.pieces import Assignment
+from ..core.pieces import Assignment, Endgame
 from ..core.progress import MIB, RateMeter
 from ..core.responses import ResponseHead, check_range_response, check_stream_response
 from ..errors import (
@@ -37,63 +46,29 @@ from ..errors import (
     RemoteChanged,
 )
 from ..io import files
-from ..io.dataplane import Connection, Endpoint, Transform
+from ..io.dataplane import MIN_CHUNK
 from .base import Transfer, TransferResult
+from .connections import ConnectionFactory, ConnectionLike, open_connection
 from .ledger import Ledger
 from .mirrors import Mirror, MirrorSet
 from .options import Options
 from .throttle import RateLimit, chunk_for_limits, wait_for_limits
+from .warm import WarmStart
 
 __all__ = ["ConnectionFactory", "ConnectionLike", "NativeEngine"]
 
-
-class ConnectionLike(Protocol):
-    """What the engine needs of a data connection (:class:`Connection`, or a test fake)."""
-
-    @property
-    def aborted(self) -> bool: ...
-
-    def request(
-        self,
-        *,
-        headers: Mapping[str, str],
-        first: int | None = None,
-        last: int | None = None,
-        method: str = "GET",
-    ) -> ResponseHead: ...
-
-    def stream_into_file(
-        self,
-        fd: int,
-        offset: int,
-        commit: Callable[[int], int],
-        *,
-        until_eof: bool = False,
-        transform: Transform | None = None,
-    ) -> int: ...
-
-    def abort(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-ConnectionFactory = Callable[[Endpoint, Options, "ssl.SSLContext | None"], ConnectionLike]
-
-
-def _open_connection(
-    endpoint: Endpoint, options: Options, ssl_context: ssl.SSLContext | None
-) -> ConnectionLike:
-    return Connection(
-        endpoint,
-        ssl_context=ssl_context,
-        connect_timeout=options.connect_timeout,
-        read_timeout=options.read_timeout,
-        buffer_size=options.buffer_size,
-    )
-
+log = logging.getLogger("segdl")
 
 # How long cleanup (closing, saving the control file) may take once cancelled.
 CLEANUP_TIMEOUT = 10.0
+# A request asks for about this many seconds of its connection's recent rate: long enough
+# that the round trip between two requests costs a few percent, short enough that an abort,
+# a steal or a crash leaves little sent for nothing.  The first request of a connection is
+# one piece; none is larger than MAX_REQUEST.
+REQUEST_SECONDS = 3.0
+MAX_REQUEST = 64 * MIB
+# An idle worker looks for endgame work this often while others still fetch.
+ENDGAME_POLL = 0.25
 
 
 class NativeEngine:
@@ -102,10 +77,19 @@ class NativeEngine:
     *connect* opens data connections (tests pass fakes).
     """
 
-    def __init__(self, *, single: bool = False, connect: ConnectionFactory = _open_connection):
+    def __init__(self, *, single: bool = False, connect: ConnectionFactory = open_connection):
         self.name = "single" if single else "native"
         self._single = single
         self._connect = connect
+
+    @property
+    def connect(self) -> ConnectionFactory:
+        """How this engine opens data connections (a warm start opens them the same way)."""
+        return self._connect
+
+    def connections_for(self, options: Options) -> int:
+        """Data connections this engine opens for one URL with *options*."""
+        return 1 if self._single else options.max_connections
 
     def check(self, transfer_needs_transform: bool) -> None:
         pass  # always installed, and rewrites chunks in flight (MEGA)
@@ -114,8 +98,9 @@ class NativeEngine:
         options = job.options
         if self._single:
             options = replace(options, connections=1, split=1)
-        await _FileDownload(job, options, self._connect).run()
-        return TransferResult()
+        download = _FileDownload(job, options, self._connect)
+        await download.run()
+        return TransferResult(duplicate_bytes=download.duplicate_bytes)
 
 
 def _retryable(exc: DownloadError) -> bool:
@@ -124,6 +109,42 @@ def _retryable(exc: DownloadError) -> bool:
     if isinstance(exc, HTTPStatusError):
         return exc.status >= 500 or exc.status in (408, 429)
     return isinstance(exc, (NetworkError, BadResponse))
+
+
+class _Pace:
+    """One connection's recent speed: sizes its requests, and tells the endgame how fast an
+    idle connection would be.  Used by one worker at a time."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0  # bytes per second while a body flows
+        self.latency = 0.0  # seconds from sending a request to its head (about one RTT)
+
+    def request_size(self, piece_length: int) -> int:
+        if self.rate <= 0:
+            return piece_length
+        return int(min(MAX_REQUEST, max(piece_length, self.rate * REQUEST_SECONDS)))
+
+    def heard(self, seconds: float) -> None:
+        self.latency = seconds if self.latency == 0 else 0.7 * self.latency + 0.3 * seconds
+
+    def moved(self, nbytes: int, seconds: float) -> None:
+        if nbytes <= 0 or seconds <= 0:
+            return
+        rate = nbytes / seconds
+        self.rate = rate if self.rate == 0 else 0.5 * self.rate + 0.5 * rate
+
+    def endgame(self, *, reconnect: bool) -> Endgame:
+        # Before its first byte an idle connection pays a request (and perhaps a handshake).
+        setup = max(0.1, (4 if reconnect else 2) * self.latency)
+        # A range that wrote nothing for this long has stalled: a few of its smallest chunks
+        # at our speed (chunks shrink to MIN_CHUNK on a slow connection).
+        stall = max(1.0, 4 * MIN_CHUNK / self.rate) if self.rate > 0 else 2.0
+        return Endgame(now=time.monotonic(), rate=self.rate, setup=setup, stall=stall)
+
+
+# A worker's start: its first range, with the connection whose response to it is already in
+# (the warm start's first request), or just the range, or nothing yet.
+_Start = tuple[Assignment, ConnectionLike] | Assignment | None
 
 
 class _FileDownload:
@@ -140,6 +161,7 @@ class _FileDownload:
         self.path = job.target.path
         self.options = options
         self.emit = job.emit
+        self.warm: WarmStart | None = job.warm
         self.fd = -1
         self.fatal: DownloadError | None = None
         self.changed = trio.Event()
@@ -152,12 +174,14 @@ class _FileDownload:
             options,
             lock=self.ledger.lock if self.ledger is not None else threading.Lock(),
             on_change=self._notify,
+            primary_sessions=self.warm.sessions if self.warm is not None else None,
         )
         # aria2: -s connections in all, at most -x to each server.
         self.max_connections = min(options.split, options.connections * len(self.mirrors))
         self.limiter = trio.CapacityLimiter(self.max_connections)
         self.streamed = 0  # bytes of a no-range stream
         self.stream_connections = 0
+        self.duplicate_bytes = 0
 
     # -- the whole file ------------------------------------------------------------------
 
@@ -169,9 +193,15 @@ class _FileDownload:
                 nursery.start_soon(self._progress_loop)
                 if self.ledger is not None:
                     nursery.start_soon(self._save_loop)
+                    # Every worker's first range is claimed before any starts (16 halvings of
+                    # the file), not when its connection happens to be ready.
+                    first = self._adopt_first()
+                    starts: list[_Start] = [first] if first is not None else []
+                    while len(starts) < self.max_connections:
+                        starts.append(self.ledger.claim(self.options.min_split_size))
                     async with trio.open_nursery() as workers:
-                        for index in range(self.max_connections):
-                            workers.start_soon(self._worker, index, workers.cancel_scope)
+                        for index, start in enumerate(starts):
+                            workers.start_soon(self._worker, index, workers.cancel_scope, start)
                 else:
                     try:
                         await self._stream_whole()
@@ -187,6 +217,9 @@ class _FileDownload:
             await trio.to_thread.run_sync(files.fsync_file, self.fd)
             self._emit_progress_final()
         finally:
+            if self.warm is not None:
+                self.warm.close()  # what no worker took
+            self._report_endgame()
             with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                 await trio.to_thread.run_sync(self._close_and_save)
 
@@ -259,14 +292,64 @@ class _FileDownload:
             )
         )
 
+    def _report_endgame(self) -> None:
+        if self.ledger is None:
+            return
+        stats = self.ledger.statistics()
+        self.duplicate_bytes = stats.duplicate_bytes
+        if stats.twins:
+            log.info(
+                "endgame: %d slow range(s) fetched twice, %d connection(s) stopped, "
+                "%d bytes received twice",
+                stats.twins,
+                stats.races_lost,
+                stats.duplicate_bytes,
+            )
+
     # -- segmented workers ---------------------------------------------------------------
 
-    async def _worker(self, index: int, workers: trio.CancelScope) -> None:
+    def _adopt_first(self) -> tuple[Assignment, ConnectionLike] | None:
+        """The warm start's first response, as the first worker's range: its body is the
+        bytes the download would fetch first, unless the target already has them."""
+        assert self.ledger is not None
+        taken = self.warm.take_first() if self.warm is not None else None
+        if taken is None:
+            return None
+        response, conn = taken
+        answer = response.answer
+        adopted = None
+        if answer.body_usable and answer.body_end is not None:
+            adopted = self.ledger.claim_at(answer.body_first, answer.body_end)
+        if adopted is None:
+            conn.close()
+            return None
+        return adopted, conn
+
+    async def _first_connection(self, mirror: Mirror) -> ConnectionLike:
+        """A connection opened ahead by the warm start when there is one for *mirror*."""
+        preconnects = self.warm.preconnects if self.warm is not None else None
+        if mirror.primary and preconnects is not None and preconnects.endpoint == mirror.endpoint:
+            conn = await preconnects.take()
+            if conn is not None:
+                return conn
+        return self._new_connection(mirror)
+
+    async def _worker(self, index: int, workers: trio.CancelScope, start: _Start) -> None:
+        """One connection's loop: claim, fetch, release; *start* is its first range (with
+        its response already in, for the warm start's first connection)."""
         assert self.ledger is not None
         ledger = self.ledger
         policy = self.options.retry
         mirror = self.mirrors.pick(index)
-        conn = self._new_connection(mirror)
+        pace = _Pace()
+        assignment: Assignment | None
+        adopted = False  # the assignment's first response is already in (the warm start's)
+        if isinstance(start, tuple):
+            assignment, conn = start
+            adopted = True
+        else:
+            assignment = start
+            conn = await self._first_connection(mirror)
         failures = 0
         try:
             while True:
@@ -277,28 +360,37 @@ class _FileDownload:
                     mirror = self.mirrors.pick(index)
                     conn = self._new_connection(mirror)
                     failures = 0
-                assignment = ledger.claim(self.options.min_split_size)
+                if assignment is None:
+                    assignment = ledger.claim(
+                        self.options.min_split_size, pace.endgame(reconnect=conn.aborted)
+                    )
                 if assignment is None:
                     _, active = ledger.counters()
                     if active == 0:
                         return
-                    # Someone is still working: their range comes back here if they fail.
-                    await self.changed.wait()
+                    # Someone is still working: their range comes back here if they fail,
+                    # and a range that turns out slow is worth a twin.
+                    with trio.move_on_after(ENDGAME_POLL):
+                        await self.changed.wait()
                     continue
-                before = assignment.position
+                a, assignment = assignment, None
+                before = a.position
                 try:
                     if conn.aborted:
                         conn.close()
                         conn = self._new_connection(mirror)
                     mirror.connections.add(conn)
-                    await self._in_thread(conn, self._fetch_range, conn, assignment, mirror)
+                    ledger.attach(a.id, conn)
+                    await self._in_thread(conn, self._fetch_range, conn, a, mirror, pace, adopted)
                     failures = 0
                     continue
                 except DownloadError as exc:
                     conn.close()
-                    if mirror.dropped is not None:
-                        continue  # dropped while we fetched: not this connection's failure
-                    if assignment.position > before:
+                    if mirror.dropped is not None or ledger.finished(a.id):
+                        # Dropped while we fetched, or the range's twin delivered first: not
+                        # this connection's failure.
+                        continue
+                    if a.position > before:
                         failures = 0  # it was making progress: a fresh run of tries
                     failures += 1
                     if not _retryable(exc) or failures >= policy.max_tries:
@@ -308,8 +400,9 @@ class _FileDownload:
                         continue
                     retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
                 finally:
+                    adopted = False
                     mirror.connections.discard(conn)
-                    ledger.release(assignment.id)
+                    ledger.release(a.id)
                     self._notify()
                 await trio.sleep(
                     policy.delay(failures, retry_after=retry_after, rand=self.rng.random())
@@ -328,7 +421,7 @@ class _FileDownload:
         self.changed = trio.Event()
 
     def _new_connection(self, mirror: Mirror) -> ConnectionLike:
-        return self.connect(mirror.endpoint, self.options, mirror.ssl_context)
+        return self.connect(mirror.endpoint, self.options, mirror.ssl_context, mirror.sessions)
 
     async def _in_thread(self, conn: ConnectionLike, fn: Callable[..., int], *args: object) -> int:
         """Run a blocking fetch in a thread; cancellation aborts its connection."""
@@ -357,16 +450,40 @@ class _FileDownload:
             raise error
         return result
 
-    def _fetch_range(self, conn: ConnectionLike, a: Assignment, mirror: Mirror) -> int:
-        """Thread: fetch the assignment's bytes from *mirror* into the file."""
-        assert self.ledger is not None
-        first, last = a.position, a.end - 1
-        if first > last:
-            return 0
-        head = conn.request(headers=mirror.probe.headers, first=first, last=last)
-        check_range_response(mirror.expected, head, first, last)
-        commit = self._throttled(conn, self.ledger.committer(a.id, mirror.count))
-        return conn.stream_into_file(self.fd, first, commit, transform=self.transform)
+    def _fetch_range(
+        self, conn: ConnectionLike, a: Assignment, mirror: Mirror, pace: _Pace, adopted: bool
+    ) -> int:
+        """Thread: fetch the assignment's bytes from *mirror* into the file, one closed
+        request after another on the connection (kept alive between them).
+
+        *adopted*: the first request's head is already in (the warm start's first response).
+        """
+        ledger = self.ledger
+        assert ledger is not None
+        sink = ledger.sink(a.id, mirror.count)
+        commit = self._throttled(conn, sink.commit)
+        piece = ledger.pieces.piece_length
+        written = 0
+        while True:
+            if adopted:
+                first = a.start
+                adopted = False
+            else:
+                first, end = ledger.reserve(a.id, pace.request_size(piece))
+                if first >= end:
+                    return written
+                sent = time.monotonic()
+                head = conn.request(headers=mirror.probe.headers, first=first, last=end - 1)
+                pace.heard(time.monotonic() - sent)
+                check_range_response(mirror.expected, head, first, end - 1)
+            started = time.monotonic()
+            moved = conn.stream_into_file(
+                self.fd, first, commit, admit=sink.admit, transform=self.transform
+            )
+            pace.moved(moved, time.monotonic() - started)
+            written += moved
+            if ledger.finished(a.id):
+                return written
 
     def _throttled(
         self, conn: ConnectionLike, record: Callable[[int, int], int]
@@ -392,11 +509,14 @@ class _FileDownload:
         """A server without ranges or length: one GET, start to end, no resume possible."""
         policy = self.options.retry
         failures = 0
+        first = self._adopt_stream()
         while True:
-            conn = self._new_connection(self.mirrors.primary)
+            conn = first[1] if first is not None else self._new_connection(self.mirrors.primary)
+            head = first[0] if first is not None else None
+            first = None
             self.stream_connections = 1
             try:
-                await self._in_thread(conn, self._fetch_whole, conn)
+                await self._in_thread(conn, self._fetch_whole, conn, head)
                 return
             except DownloadError as exc:
                 failures += 1
@@ -410,10 +530,24 @@ class _FileDownload:
                 self.stream_connections = 0
                 conn.close()
 
-    def _fetch_whole(self, conn: ConnectionLike) -> int:
+    def _adopt_stream(self) -> tuple[ResponseHead, ConnectionLike] | None:
+        """The warm start's first response when it is the whole file from its first byte
+        (a ``200``: the server ignored the range)."""
+        taken = self.warm.take_first() if self.warm is not None else None
+        if taken is None:
+            return None
+        response, conn = taken
+        answer = response.answer
+        if answer.body_usable and answer.body_first == 0 and not answer.accepts_ranges:
+            return response.head, conn
+        conn.close()
+        return None
+
+    def _fetch_whole(self, conn: ConnectionLike, head: ResponseHead | None) -> int:
         self.streamed = 0
         os.ftruncate(self.fd, 0)
-        head = conn.request(headers=self.probe.headers)
+        if head is None:
+            head = conn.request(headers=self.probe.headers)
         check_stream_response(self.mirrors.primary.expected, head)
         size = self.probe.size
 
@@ -430,5 +564,3 @@ class _FileDownload:
                 f"got {written} bytes of {size} before the connection ended", url=self.probe.url
             )
         return written
-
-

@@ -36,7 +36,7 @@ from ..core.resume import (
 )
 from ..errors import ChecksumMismatch, DiskError, FileExists, ResumeError, redact_url
 from ..io import files
-from ..io.probe import ProbeResult
+from ..io.remote import ProbeResult
 from .options import Options
 
 __all__ = ["Target", "finish_target", "open_target", "restart_target"]

@@ -3,6 +3,11 @@
     resolve the source ─▶ probe its URLs ─▶ open the target ─▶ Started
         ─▶ the engine fills the target ─▶ finish the target (verify, clean) ─▶ Success
 
+For one URL and the native engine the probe is the download's first request, on a data
+connection, while the other connections open (:func:`warm_start`): the engine then writes
+that response's body and uses those connections.  Mirrors, aria2c, and URLs the data plane
+cannot send as they are, are probed on httpx (:func:`probe_sources`).
+
 A file that changes on the server while it is fetched (:class:`~segdl.errors.RemoteChanged`)
 restarts the flow from a fresh resolve, at most :data:`MAX_RESTARTS` times: two versions are
 never mixed.  Every run ends with exactly one of ``success``, ``error`` or ``cancelled``
@@ -14,7 +19,8 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +28,7 @@ import httpx
 import trio
 
 from ..core.checksum import Checksum
+from ..core.controlfile import ControlFileError
 from ..core.events import Aborted, Failed, Progress, Started, Success
 from ..core.headers import (
     MAX_PARTIAL_NAME_BYTES,
@@ -29,14 +36,19 @@ from ..core.headers import (
     parse_content_disposition_filename,
     sanitize_filename,
 )
+from ..core.resume import pieces_from_control
 from ..core.urls import HttpURL
 from ..engine.base import Engine, EventSink, Transfer, get_engine
+from ..engine.native import NativeEngine
 from ..engine.options import Options, RetryPolicy
 from ..engine.target import finish_target, open_target, restart_target
 from ..engine.throttle import RateLimit
+from ..engine.warm import WarmStart, start_warm
 from ..errors import BadResponse, DownloadError, HTTPStatusError, RemoteChanged, redact_url
+from ..io import files
 from ..io.dataplane import Transform
 from ..io.files import check_writable_dir
+from ..io.firstrequest import NotForTheDataPlane
 from ..io.probe import ProbeResult, probe
 from ..io.tls import client_context
 from ..sources.base import DownloadPlan
@@ -90,7 +102,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
     engine.check(False)  # not installed: said before any request
     options = request.options
     await trio.to_thread.run_sync(check_writable_dir, request.directory)
-    async with _control_client(options) as client:
+    async with _control_client(options) as client, _closing_warm_starts() as warm_starts:
         for attempt in itertools.count():
             # Resolved on every attempt: signed storage URLs expire, so a restart needs a
             # fresh one.
@@ -102,7 +114,14 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             site_headers = {**plan.headers, **options.headers}
             candidates = [(u, site_headers) for u in plan.urls]
             candidates += [(u, dict(options.headers)) for u in (*plan.mirrors, *request.mirrors)]
-            probed, mirrors = await probe_sources(client, candidates, options.retry)
+            guess = request.directory / _filename(request.out, None, plan, request.source.url)
+            warm = await warm_start(engine, candidates, options, guess)
+            warm_starts.append(warm)
+            mirrors: list[ProbeResult] = []
+            if warm is not None:
+                probed = warm.probe
+            else:
+                probed, mirrors = await probe_sources(client, candidates, options.retry)
             if plan.size is not None and probed.size is not None and plan.size != probed.size:
                 raise BadResponse(
                     f"the server's file is {probed.size} bytes but {plan.source} says {plan.size}",
@@ -122,6 +141,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
                     mirrors=mirrors,
                     limits=request.limits,
                     transform=plan.transform,
+                    warm=warm,
                 )
             except RemoteChanged:
                 if attempt >= MAX_RESTARTS:
@@ -145,8 +165,11 @@ async def fetch_probed(
     mirrors: Sequence[ProbeResult] = (),
     limits: Sequence[RateLimit] = (),
     transform: Transform | None = None,
+    warm: WarmStart | None = None,
 ) -> Success:
     """Open the target, let *engine* fill it, finish it: the part of the flow after the probe.
+
+    *warm*: the first response and the connections opened ahead, for the engine to take.
 
     Raises:
         DownloadError: :class:`RemoteChanged` means the server's file is not the one the
@@ -176,11 +199,73 @@ async def fetch_probed(
             mirrors=tuple(mirrors),
             limits=tuple(limits),
             transform=transform,
+            warm=warm,
         )
         checksum_verified = (await engine.transfer(job)).checksum_verified
     return await trio.to_thread.run_sync(
         lambda: finish_target(target, options, url=probed.url, checksum_verified=checksum_verified)
     )
+
+
+@asynccontextmanager
+async def _closing_warm_starts() -> AsyncIterator[list[WarmStart | None]]:
+    """Warm starts to close when the download ends, whatever the engine took of them."""
+    started: list[WarmStart | None] = []
+    try:
+        yield started
+    finally:
+        for warm in started:
+            if warm is not None:
+                warm.close()
+
+
+async def warm_start(
+    engine: Engine,
+    candidates: Sequence[tuple[HttpURL, Mapping[str, str]]],
+    options: Options,
+    guess: Path,
+) -> WarmStart | None:
+    """Begin the download on data connections when it has one URL and the native engine:
+    the first request is the probe, the other connections open meanwhile
+    (:func:`~segdl.engine.warm.start_warm`).  None: probe on the control plane instead.
+
+    *guess* is where the file will probably go (the name may still come from the answer):
+    when a partial of it is there, the first request asks for its first missing piece.
+
+    Raises:
+        DownloadError: as :func:`probe_sources` raises it.
+    """
+    if not isinstance(engine, NativeEngine) or len(candidates) != 1:
+        return None
+    url, headers = candidates[0]
+    first, last = await trio.to_thread.run_sync(_first_range, guess, options.piece_length)
+    try:
+        return await start_warm(
+            url,
+            headers,
+            options,
+            connect=engine.connect,
+            first=first,
+            last=last,
+            ahead=engine.connections_for(options) - 1,
+        )
+    except NotForTheDataPlane:
+        return None
+
+
+def _first_range(guess: Path, piece_length: int) -> tuple[int, int]:
+    """What a download's first request asks for: the first piece the partial at *guess*
+    lacks (the whole first piece of a new file); a single byte when a file is there without
+    resume state (it may be finished: its bytes are probably not wanted)."""
+    try:
+        control = files.read_control(guess)
+    except (ControlFileError, OSError):
+        control = None
+    if control is None:
+        return (0, 0) if guess.is_file() else (0, piece_length - 1)
+    first = pieces_from_control(control).first_missing() or 0
+    piece = control.piece_length
+    return first, (first // piece + 1) * piece - 1
 
 
 async def probe_sources(
@@ -245,13 +330,14 @@ async def probe_sources(
     return primary, mirrors
 
 
-def _filename(out: str | None, probed: ProbeResult, plan: DownloadPlan, url: str) -> str:
-    """``-o``, else Content-Disposition, else the site's name, else the URL (sanitised)."""
+def _filename(out: str | None, probed: ProbeResult | None, plan: DownloadPlan, url: str) -> str:
+    """``-o``, else Content-Disposition, else the site's name, else the URL (sanitised);
+    without *probed*, the name it will most likely be, before the server has answered."""
     # Short enough that the sidecars' names (NAME.aria2__temp) fit in a directory entry too.
     limit = MAX_PARTIAL_NAME_BYTES
     if out:
         return sanitize_filename(out, max_bytes=limit)
-    if probed.content_disposition:
+    if probed is not None and probed.content_disposition:
         named = parse_content_disposition_filename(probed.content_disposition)
         if named:
             return sanitize_filename(named, max_bytes=limit)

@@ -387,7 +387,8 @@ def test_free_space_is_checked_before_preallocating(
     FIGURES.outcome(f"exit {result.code}")
     assert result.code == 9, result.err
     assert_one_line_error(result.err, "not enough disk space")
-    # Only the probe: no byte of data was fetched, nothing was allocated.
-    assert [r.range for r in server.requests] == ["bytes=0-0"]
+    # Only the first request (the probe; its first piece, in flight, was never written):
+    # nothing more was asked for, nothing was allocated.
+    assert [r.range for r in server.requests] == [f"bytes=0-{MIB - 1}"]
     assert list(tmp_path.iterdir()) == []
     FIGURES.check("free space refused before any data request")

@@ -81,8 +81,8 @@ class Assignment:
 class Endgame:
     """What an idle connection knows when nothing is left to claim but slow work.
 
-    ``rate``: its own recent rate (bytes/s; 0: unknown, then the fastest active assignment's
-    counts).  ``setup``: seconds it needs before its first byte (a request, perhaps a new
+    ``rate``: its own recent rate (bytes/s; 0: unknown — a connection that has fetched
+    nothing says nothing of how fast it would be, and starts no twin).  ``setup``: seconds it needs before its first byte (a request, perhaps a new
     connection).  A twin is started for an assignment that has had ``setup`` seconds to show
     its speed and, at that speed, would finish more than ``factor`` times later than the idle
     connection; one that wrote nothing for ``stall`` seconds counts as never finishing.
@@ -186,13 +186,17 @@ class PieceMap:
 
     # -- claiming ------------------------------------------------------------------------
 
-    def claim(self, min_split_size: int, endgame: Endgame | None = None) -> Assignment | None:
+    def claim(
+        self, min_split_size: int, endgame: Endgame | None = None, *, now: float | None = None
+    ) -> Assignment | None:
         """Give an idle connection a range, or None when nothing is worth taking now.
 
         With *endgame*, an idle connection that finds nothing free or stealable may get a
-        twin of a slow assignment (see the module's docstring).
+        twin of a slow assignment (see the module's docstring).  *now* (else the endgame's)
+        is when the range is opened: the endgame judges ranges by their speed since then.
         """
-        now = endgame.now if endgame is not None else 0.0
+        if now is None:
+            now = endgame.now if endgame is not None else 0.0
         free = self._largest_free_run()
         steal = self._best_steal(min_split_size)
         if free is None and steal is None:
@@ -301,12 +305,9 @@ class PieceMap:
 
     def _slowest(self, eg: Endgame) -> Assignment | None:
         """The assignment a twin would gain most on, if any gains enough."""
-        rates = [
-            a.written / (eg.now - a.opened_at)
-            for a in self._active.values()
-            if eg.now > a.opened_at and not a.lost
-        ]
-        rate = eg.rate if eg.rate > 0 else max(rates, default=0.0)
+        rate = eg.rate
+        if rate <= 0:
+            return None
         best: Assignment | None = None
         best_gain = 0.0
         for a in self._active.values():
@@ -315,13 +316,13 @@ class PieceMap:
             age = eg.now - a.opened_at
             if age < eg.setup:
                 continue  # still connecting: its speed is not known yet
-            if eg.now - a.progressed_at >= eg.stall or a.written == 0:
-                theirs = math.inf
+            if eg.now - a.progressed_at >= eg.stall:
+                theirs = math.inf  # nothing written for that long (or ever, since opened)
+            elif a.written == 0:
+                continue  # not a chunk yet, but not for long: too early to judge
             else:
                 theirs = a.remaining / (a.written / age)
-            if rate <= 0 and theirs != math.inf:
-                continue  # nothing to compare a slow-but-moving range with
-            ours = eg.setup + (a.remaining / rate if rate > 0 else 0.0)
+            ours = eg.setup + a.remaining / rate
             if theirs <= eg.factor * ours:
                 continue
             gain = theirs - ours

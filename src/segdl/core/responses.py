@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import BadResponse, RemoteChanged, status_error
-from .headers import ContentRange, parse_retry_after
+from .headers import ContentRange, HeaderError, parse_content_range, parse_retry_after
 
 __all__ = [
     "Expected",
@@ -175,6 +175,14 @@ def check_first_response(
     if status == 200:
         encoded = head.headers.get("content-encoding", "identity").lower() not in ("", "identity")
         size = None if encoded else head.content_length
+        if "content-range" in head.headers and not _whole(head.headers["content-range"], size):
+            # A 200 is the whole file, yet this one says it holds a part of it: its body is
+            # written as the file, so such a contradiction is refused (the separate probe
+            # of old caught it when the next request disagreed on the size).
+            raise BadResponse(
+                f"{host} answered a range request with HTTP 200 and a partial Content-Range",
+                url=url,
+            )
         return FirstAnswer(size, False, 0, size, not encoded)
     rng = head.content_range
     if rng is None or rng.first != first:
@@ -195,3 +203,12 @@ def check_first_response(
         rng.last,
     )
     return FirstAnswer(size, True, first, rng.last + 1, True)
+
+
+def _whole(content_range: str, size: int | None) -> bool:
+    """Whether a Content-Range names every byte of a body of *size* bytes."""
+    try:
+        rng = parse_content_range(content_range)
+    except HeaderError:
+        return False
+    return size is not None and (rng.first, rng.last + 1, rng.complete_length) == (0, size, size)

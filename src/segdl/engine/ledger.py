@@ -67,7 +67,7 @@ class Ledger:
 
     def claim(self, min_split: int, endgame: Endgame | None = None) -> Assignment | None:
         with self.lock:
-            return self.pieces.claim(min_split, endgame)
+            return self.pieces.claim(min_split, endgame, now=time.monotonic())
 
     def claim_at(self, start: int, reserved: int) -> Assignment | None:
         with self.lock:

@@ -255,14 +255,16 @@ async def warm_start(
 
 def _first_range(guess: Path, piece_length: int) -> tuple[int, int]:
     """What a download's first request asks for: the first piece the partial at *guess*
-    lacks (the whole first piece of a new file); a single byte when a file is there without
-    resume state (it may be finished: its bytes are probably not wanted)."""
+    lacks (the whole first piece of a new file); a single byte when something is there
+    without resume state."""
     try:
         control = files.read_control(guess)
     except (ControlFileError, OSError):
         control = None
     if control is None:
-        return (0, 0) if guess.is_file() else (0, piece_length - 1)
+        # Something is there already (a finished file, a directory): its bytes are probably
+        # not wanted.
+        return (0, 0) if guess.exists() else (0, piece_length - 1)
     first = pieces_from_control(control).first_missing() or 0
     piece = control.piece_length
     return first, (first // piece + 1) * piece - 1

@@ -497,8 +497,9 @@ class _FileDownload:
 
         def commit(nbytes: int) -> int:
             want = record(nbytes, chunk_for_limits(limits, buffer_size))
-            if want > 0:
-                wait_for_limits(limits, nbytes, lambda: conn.aborted)
+            # Charged even for a request's last chunk: the next request waits out the debt
+            # (a request ends every few seconds, so its last chunk is not a rounding error).
+            wait_for_limits(limits, nbytes, lambda: conn.aborted)
             return want
 
         return commit

@@ -11,11 +11,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
-import trio
-
-from ..batch import BatchJob, BatchResult, check_targets, download_batch, load_input_file
 from ..core.checksum import Checksum, parse_checksum
 from ..core.events import Event, Failed, Success
 from ..core.folders import model_folder
@@ -25,8 +22,14 @@ from ..engine.options import Options, RetryPolicy
 from ..engine.throttle import RateLimit
 from ..errors import DownloadError
 from ..server.cli import add_serve_arguments, run_serve
-from .batchprogress import BatchReporter, BatchView, LiveDisplay
+from . import headstart
 from .progressbar import ProgressBar, format_bytes
+
+if TYPE_CHECKING:
+    from ..batch import BatchJob, BatchResult
+
+# The rest (trio, the engine, httpx, the sources, the batch display) is imported where it is
+# used, after `segdl get` has sent its first request (see .headstart).
 
 EXIT_OK = 0
 EXIT_UNKNOWN = 1
@@ -200,6 +203,8 @@ async def _run_batch(
     limits: tuple[RateLimit, ...],
     on_event: Callable[[int, Event], None],
 ) -> BatchResult:
+    from ..batch import download_batch
+
     return await download_batch(
         jobs,
         max_concurrent=args.max_concurrent_downloads,
@@ -247,6 +252,8 @@ class _UsageError(Exception):
 
 def _collect_jobs(args: argparse.Namespace) -> list[BatchJob]:
     """The URLs given as arguments (one file, mirrors), then the input file's entries."""
+    from ..batch import BatchJob, check_targets, load_input_file
+
     try:
         checksum = parse_checksum(args.checksum) if args.checksum else None
     except ValueError as exc:
@@ -291,6 +298,11 @@ def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             args.dir = os.path.join(args.dir, model_folder(args.type))
         except ValueError as exc:
             raise _UsageError(str(exc)) from exc
+    headstart.begin(args, options)
+    import trio
+
+    from .batchprogress import BatchReporter, BatchView, LiveDisplay
+
     jobs = _collect_jobs(args)
     # One RateLimit shared by every connection of every download: an overall limit.
     limits = (RateLimit(overall),) if overall else ()
@@ -329,6 +341,8 @@ def _get_one(
 
     def on_event(index: int, event: Event) -> None:
         report(index + 1, event)
+
+    import trio
 
     result = trio.run(_run_batch, jobs, options, args, limits, on_event)
     for outcome in result.failed:

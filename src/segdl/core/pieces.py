@@ -82,10 +82,11 @@ class Endgame:
     """What an idle connection knows when nothing is left to claim but slow work.
 
     ``rate``: its own recent rate (bytes/s; 0: unknown — a connection that has fetched
-    nothing says nothing of how fast it would be, and starts no twin).  ``setup``: seconds it needs before its first byte (a request, perhaps a new
-    connection).  A twin is started for an assignment that has had ``setup`` seconds to show
-    its speed and, at that speed, would finish more than ``factor`` times later than the idle
-    connection; one that wrote nothing for ``stall`` seconds counts as never finishing.
+    nothing says nothing of how fast it would be, and starts no twin).  ``setup``: seconds
+    it needs before its first byte (a request, perhaps a new connection).  A twin is started
+    for an assignment that has had ``setup`` seconds to show its speed and, at that speed,
+    would finish more than ``factor`` times later than the idle connection; one that wrote
+    nothing for ``stall`` seconds counts as never finishing.
     """
 
     now: float

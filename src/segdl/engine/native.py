@@ -327,9 +327,11 @@ class _FileDownload:
 
     async def _first_connection(self, mirror: Mirror) -> ConnectionLike:
         """A connection opened ahead by the warm start when there is one for *mirror*."""
-        preconnects = self.warm.preconnects if self.warm is not None else None
+        warm = self.warm
+        preconnects = warm.preconnects if warm is not None else None
         if mirror.primary and preconnects is not None and preconnects.endpoint == mirror.endpoint:
-            conn = await preconnects.take()
+            assert warm is not None
+            conn = await warm.take_connection()
             if conn is not None:
                 return conn
         return self._new_connection(mirror)

@@ -137,8 +137,9 @@ class Connection:
         self._sock: socket.socket | None = None
         self._aborted = threading.Event()
         self._lock = threading.Lock()
-        self._buffer = bytearray(buffer_size)
-        self._view = memoryview(self._buffer)
+        # Allocated with the first body: connections opened ahead may never carry one.
+        self._buffer_size = buffer_size
+        self._buffer: memoryview | None = None
         # The chunk size in use: starts small and doubles while chunks come quickly, so a
         # slow link reports its first bytes (progress, mirror speed) within a fraction of a
         # second; kept across the requests of a keep-alive connection.
@@ -519,6 +520,12 @@ class Connection:
         elif kept:
             self._write(fd, self._view[:kept], offset, transform)
         return kept
+
+    @property
+    def _view(self) -> memoryview:
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(self._buffer_size))
+        return self._buffer
 
     def _open_pipe(self) -> None:
         if self._pipe is not None:

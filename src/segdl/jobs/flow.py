@@ -28,7 +28,6 @@ import httpx
 import trio
 
 from ..core.checksum import Checksum
-from ..core.controlfile import ControlFileError
 from ..core.events import Aborted, Failed, Progress, Started, Success
 from ..core.headers import (
     MAX_PARTIAL_NAME_BYTES,
@@ -36,16 +35,15 @@ from ..core.headers import (
     parse_content_disposition_filename,
     sanitize_filename,
 )
-from ..core.resume import pieces_from_control
 from ..core.urls import HttpURL
 from ..engine.base import Engine, EventSink, Transfer, get_engine
+from ..engine.early import first_range
 from ..engine.native import NativeEngine
 from ..engine.options import Options, RetryPolicy
 from ..engine.target import finish_target, open_target, restart_target
 from ..engine.throttle import RateLimit
 from ..engine.warm import WarmStart, start_warm
 from ..errors import BadResponse, DownloadError, HTTPStatusError, RemoteChanged, redact_url
-from ..io import files
 from ..io.dataplane import Transform
 from ..io.files import check_writable_dir
 from ..io.firstrequest import NotForTheDataPlane
@@ -238,7 +236,7 @@ async def warm_start(
     if not isinstance(engine, NativeEngine) or len(candidates) != 1:
         return None
     url, headers = candidates[0]
-    first, last = await trio.to_thread.run_sync(_first_range, guess, options.piece_length)
+    first, last = await trio.to_thread.run_sync(first_range, guess, options.piece_length)
     try:
         return await start_warm(
             url,
@@ -251,23 +249,6 @@ async def warm_start(
         )
     except NotForTheDataPlane:
         return None
-
-
-def _first_range(guess: Path, piece_length: int) -> tuple[int, int]:
-    """What a download's first request asks for: the first piece the partial at *guess*
-    lacks (the whole first piece of a new file); a single byte when something is there
-    without resume state."""
-    try:
-        control = files.read_control(guess)
-    except (ControlFileError, OSError):
-        control = None
-    if control is None:
-        # Something is there already (a finished file, a directory): its bytes are probably
-        # not wanted.
-        return (0, 0) if guess.exists() else (0, piece_length - 1)
-    first = pieces_from_control(control).first_missing() or 0
-    piece = control.piece_length
-    return first, (first // piece + 1) * piece - 1
 
 
 async def probe_sources(

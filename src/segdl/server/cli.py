@@ -10,8 +10,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
-
 from ..core.sizes import parse_size
 from . import DEFAULT_PASSWORD
 
@@ -127,6 +125,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     scheme = Scheme.from_password(args.password)
     failures: list[OSError] = []
+    import trio  # here, not at the top: `segdl get` builds this parser too
+
     try:
         trio.run(partial(_main, settings, scheme))
     except* KeyboardInterrupt:
@@ -150,6 +150,8 @@ def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
 
 
 async def _main(settings: ServeSettings, scheme: Scheme) -> None:
+    import trio
+
     async with trio.open_nursery() as nursery:
         from .app import serve_segdl
 

@@ -13,20 +13,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
-from ..core.checksum import Checksum, parse_checksum
-from ..core.events import Event, Failed, Success
 from ..core.folders import model_folder
-from ..core.inputfile import InputFileError
 from ..core.sizes import parse_size
 from ..engine.options import Options, RetryPolicy
-from ..engine.throttle import RateLimit
 from ..errors import DownloadError
 from ..server.cli import add_serve_arguments, run_serve
 from . import headstart
-from .progressbar import ProgressBar, format_bytes
 
 if TYPE_CHECKING:
     from ..batch import BatchJob, BatchResult
+    from ..core.checksum import Checksum
+    from ..core.events import Event
+    from ..engine.throttle import RateLimit
+    from .progressbar import ProgressBar
 
 # The rest (trio, the engine, httpx, the sources, the batch display) is imported where it is
 # used, after `segdl get` has sent its first request (see .headstart).
@@ -180,6 +179,9 @@ class _Reporter:
     bar: ProgressBar | None = None
 
     def __call__(self, download_id: int, event: Event) -> None:
+        from ..core.events import Failed, Success
+        from .progressbar import format_bytes
+
         if self.json_lines:
             data = event.to_dict()
             self.stdout.write(json.dumps(data) + "\n")
@@ -253,6 +255,8 @@ class _UsageError(Exception):
 def _collect_jobs(args: argparse.Namespace) -> list[BatchJob]:
     """The URLs given as arguments (one file, mirrors), then the input file's entries."""
     from ..batch import BatchJob, check_targets, load_input_file
+    from ..core.checksum import parse_checksum
+    from ..core.inputfile import InputFileError
 
     try:
         checksum = parse_checksum(args.checksum) if args.checksum else None
@@ -301,6 +305,7 @@ def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     headstart.begin(args, options)
     import trio
 
+    from ..engine.throttle import RateLimit
     from .batchprogress import BatchReporter, BatchView, LiveDisplay
 
     jobs = _collect_jobs(args)
@@ -331,6 +336,8 @@ def _get_one(
     tty: bool,
 ) -> int:
     """``segdl get URL``: a one-line bar, a completion line, one error line."""
+    from .progressbar import ProgressBar
+
     report = _Reporter(
         json_lines=args.json,
         quiet=args.quiet,

@@ -280,7 +280,7 @@ def begin_head_start(
     first: int,
     last: int,
     ahead: int,
-) -> None:
+) -> EarlyStart:
     """Begin a download's first request now, for its flow to take over later."""
     global _head_start
     started = EarlyStart(
@@ -290,6 +290,7 @@ def begin_head_start(
         previous, _head_start = _head_start, started
     if previous is not None:
         previous.close()
+    return started
 
 
 def take_head_start(key: EarlyKey) -> EarlyStart | None:

@@ -322,7 +322,8 @@ class PieceMap:
             elif a.written == 0:
                 continue  # not a chunk yet, but not for long: too early to judge
             else:
-                theirs = a.remaining / (a.written / age)
+                # Its speed since its first byte could come: its own setup is not slowness.
+                theirs = a.remaining * max(age - eg.setup, 1e-3) / a.written
             ours = eg.setup + a.remaining / rate
             if theirs <= eg.factor * ours:
                 continue

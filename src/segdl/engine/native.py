@@ -63,9 +63,11 @@ log = logging.getLogger("segdl")
 CLEANUP_TIMEOUT = 10.0
 # A request asks for about this many seconds of its connection's recent rate: long enough
 # that the round trip between two requests costs a few percent, short enough that an abort,
-# a steal or a crash leaves little sent for nothing.  The first request of a connection is
-# one piece; none is larger than MAX_REQUEST.
+# a steal or a crash leaves little sent for nothing.  A connection's first request, its rate
+# unknown, asks for FIRST_REQUEST (a range of 16 of a 64 MiB file: one request each); none
+# is larger than MAX_REQUEST.
 REQUEST_SECONDS = 3.0
+FIRST_REQUEST = 4 * MIB
 MAX_REQUEST = 64 * MIB
 # An idle worker looks for endgame work this often while others still fetch.
 ENDGAME_POLL = 0.25
@@ -121,7 +123,7 @@ class _Pace:
 
     def request_size(self, piece_length: int) -> int:
         if self.rate <= 0:
-            return piece_length
+            return max(piece_length, FIRST_REQUEST)
         return int(min(MAX_REQUEST, max(piece_length, self.rate * REQUEST_SECONDS)))
 
     def heard(self, seconds: float) -> None:

@@ -73,7 +73,7 @@ class Options:
     connect_timeout: float = 30.0
     read_timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    save_interval: float = 1.0
+    save_interval: float = 0.25
     progress_interval: float = 0.5
     buffer_size: int = MIB
     compute_sha256: bool = False

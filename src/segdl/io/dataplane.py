@@ -176,9 +176,7 @@ class Connection:
                 assert self._ssl_context is not None
                 raw.settimeout(self._connect_timeout)
                 session = self._tls_sessions.get() if self._tls_sessions is not None else None
-                sock = self._ssl_context.wrap_socket(
-                    raw, server_hostname=ep.host, session=session
-                )
+                sock = self._ssl_context.wrap_socket(raw, server_hostname=ep.host, session=session)
             if isinstance(sock, ssl.SSLSocket):
                 # The ssl module retries SSL_read by itself on a blocking socket, which
                 # swallows SO_RCVTIMEO: TLS needs Python's own timeout (poll before read).
@@ -265,6 +263,10 @@ class Connection:
         else:
             rng = None
         for attempt in (0, 1):
+            if self._aborted.is_set():
+                # Aborted (cancelled, or its range went to another connection): what looked
+                # like a server's close is ours; never reconnect.
+                raise NetworkError("connection aborted", url=self.endpoint.url)
             reused = self._sock is not None and self.reusable
             if not reused:
                 self.close()

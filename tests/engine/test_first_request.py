@@ -1,0 +1,235 @@
+"""A download's first request is its probe, sent on a data connection (engine/warm.py): its
+body is kept, the checks every response must pass still hold on it and after it, and
+redirects follow the probe's credential rules.  ``segdl get`` may send it before the rest of
+segdl has loaded (the head start), and the flow takes it over.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+
+import segdl
+from segdl.cli.main import main
+from segdl.core.events import Event, Progress
+from segdl.core.resume import pieces_from_control
+from segdl.io.files import read_control
+from segdl.sources import civitai, gdrive, huggingface, mega
+from segdl.sources.sitehosts import SITE_HOSTS, may_be_a_site
+from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
+
+MIB = 1024 * 1024
+BODY = os.urandom(5 * MIB + 4321)
+SHA = hashlib.sha256(BODY).hexdigest()
+FAST = segdl.Options(
+    connections=4,
+    split=4,
+    read_timeout=2.0,
+    save_interval=0.05,
+    retry=segdl.RetryPolicy(max_tries=2, base_delay=0.01, max_delay=0.02),
+)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def spans(server: RangeServer) -> list[tuple[int, int]]:
+    """The byte ranges ``[first, end)`` the server was asked for, in order."""
+    found = []
+    for record in server.requests:
+        assert record.range is not None, "a request without a range"
+        first, _, last = record.range.removeprefix("bytes=").partition("-")
+        found.append((int(first), int(last) + 1))
+    return found
+
+
+def after_the_first(fault: Fault) -> object:
+    """A hook giving *fault* to every request but the download's first (its probe)."""
+
+    def hook(info: RequestInfo) -> Fault | None:
+        return None if info.index == 0 else fault
+
+    return hook
+
+
+# -- the probe is data -----------------------------------------------------------------------
+
+
+async def test_the_first_request_is_the_probe_and_its_body_is_kept(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    await segdl.download(range_server.url("/f.bin"), tmp_path, options=FAST)
+    assert sha(tmp_path / "f.bin") == SHA
+    asked = spans(range_server)
+    assert asked[0] == (0, MIB)  # the first piece, from a request that is also the probe
+    # No separate probe, and no byte asked for twice: the first piece's body was written.
+    assert sorted(asked) == sorted(set(asked))
+    ordered = sorted(asked)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered))
+    assert sum(end - first for first, end in asked) == len(BODY)
+
+
+async def test_a_resume_asks_first_for_the_first_missing_piece(tmp_path: Path) -> None:
+    with RangeServer(rate_limit=512 * 1024) as server:
+        server.add("/f.bin", Resource(body=BODY))
+        with trio.CancelScope() as scope:
+
+            def on_event(event: Event) -> None:
+                if isinstance(event, Progress) and event.downloaded > 2 * MIB:
+                    scope.cancel()
+
+            await segdl.download(server.url("/f.bin"), tmp_path, options=FAST, on_event=on_event)
+        control = read_control(tmp_path / "f.bin")
+        assert control is not None
+        missing = pieces_from_control(control).first_missing()
+        assert missing is not None
+        assert missing > 0
+        before = len(server.requests)
+        server.rate_limit = None
+        await segdl.download(server.url("/f.bin"), tmp_path, options=FAST)
+        first = server.requests[before]
+    assert sha(tmp_path / "f.bin") == SHA
+    assert first.range is not None
+    assert first.range.startswith(f"bytes={missing}-")
+
+
+# -- every check still holds -----------------------------------------------------------------
+
+
+async def test_a_wrong_content_range_on_the_first_response_is_refused(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    range_server.inject(Fault.wrong_content_range(shift=512))
+    with pytest.raises(segdl.BadResponse) as info:
+        await segdl.download(range_server.url("/f.bin"), tmp_path, options=FAST)
+    assert info.value.exit_code == 22
+    assert "Content-Range" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # refused before the target was opened
+
+
+async def test_a_200_where_ranges_were_promised_is_refused(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    # The first response is a 206 (ranges work); every later range is answered with 200.
+    range_server.on_request(after_the_first(Fault.ignore_range()))  # type: ignore[arg-type]
+    with pytest.raises(segdl.BadResponse) as info:
+        await segdl.download(range_server.url("/f.bin"), tmp_path, options=FAST)
+    assert "instead of 206" in str(info.value)
+    # The partial stays resumable, and holds no byte of the 200s.
+    control = read_control(tmp_path / "f.bin")
+    assert control is not None
+    data = (tmp_path / "f.bin").read_bytes()
+    assert data[:MIB] == BODY[:MIB]
+
+
+async def test_a_changed_etag_after_the_first_response_restarts_then_gives_up(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    """The first response names the version; a later one that names another is never mixed
+    in (RemoteChanged: the flow restarts, and gives up when it keeps changing)."""
+    flips = iter(range(1000))
+    lock = threading.Lock()
+    range_server.add("/f.bin", Resource(body=BODY))
+
+    def hook(info: RequestInfo) -> Fault | None:
+        with lock:
+            tag = next(flips)
+        range_server.add("/f.bin", Resource(body=BODY, etag=f'"v{tag}"'))
+        return None
+
+    range_server.on_request(hook)
+    with pytest.raises(segdl.RemoteChanged):
+        await segdl.download(range_server.url("/f.bin"), tmp_path, options=FAST)
+    assert not (tmp_path / "f.bin").exists() or sha(tmp_path / "f.bin") != SHA
+
+
+# -- redirects and credentials ---------------------------------------------------------------
+
+
+async def test_a_same_origin_redirect_keeps_the_credentials(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.add("/blob/f.bin", Resource(body=BODY))
+    range_server.add_redirect("/dl/f.bin", "/blob/f.bin")
+    options = segdl.Options(headers={"Authorization": "Bearer sekrit"}, connections=2, split=2)
+    await segdl.download(range_server.url("/dl/f.bin"), tmp_path, out="f.bin", options=options)
+    assert sha(tmp_path / "f.bin") == SHA
+    assert all(r.headers.get("authorization") == "Bearer sekrit" for r in range_server.requests)
+    # The redirect is followed once: every data request goes to the final URL.
+    assert [r.path for r in range_server.requests][1:] == ["/blob/f.bin"] * (
+        len(range_server.requests) - 1
+    )
+
+
+async def test_userinfo_is_basic_auth_for_its_origin_only(tmp_path: Path) -> None:
+    with RangeServer() as storage, RangeServer() as site:
+        storage.add("/blob/f.bin", Resource(body=BODY))
+        site.add_redirect("/dl/f.bin", storage.url("/blob/f.bin"))
+        url = site.url("/dl/f.bin").replace("http://", "http://user:pa%3Ass@")
+        await segdl.download(url, tmp_path, options=FAST)
+    assert sha(tmp_path / "f.bin") == SHA
+    basic = "Basic " + base64.b64encode(b"user:pa:ss").decode()
+    assert [r.headers.get("authorization") for r in site.requests] == [basic]
+    assert storage.requests
+    assert all("authorization" not in r.headers for r in storage.requests)
+
+
+async def test_a_redirect_loop_is_refused(range_server: RangeServer, tmp_path: Path) -> None:
+    range_server.add_redirect("/a", "/b")
+    range_server.add_redirect("/b", "/a")
+    with pytest.raises(segdl.BadResponse, match="too many redirects"):
+        await segdl.download(range_server.url("/a"), tmp_path, out="x.bin", options=FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the head start of `segdl get` -----------------------------------------------------------
+
+
+def test_the_head_start_is_taken_over_not_sent_twice(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    range_server.add("/f.bin", Resource(body=BODY))
+    with pytest.raises(SystemExit) as info:
+        main(["get", range_server.url("/f.bin"), "-d", str(tmp_path), "-q", "-x4", "-s4"])
+    assert info.value.code == 0
+    assert sha(tmp_path / "f.bin") == SHA
+    asked = spans(range_server)
+    assert asked.count((0, MIB)) == 1
+    assert sum(end - first for first, end in asked) == len(BODY)
+
+
+def test_site_hosts_are_the_resolvers_own() -> None:
+    assert SITE_HOSTS == (
+        civitai.PUBLIC_HOSTS
+        | huggingface.PUBLIC_HOSTS
+        | gdrive.PUBLIC_HOSTS
+        | gdrive.USERCONTENT_HOSTS
+        | mega.PUBLIC_HOSTS
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "site"),
+    [
+        ("https://huggingface.co/o/r/resolve/main/x.safetensors", True),
+        ("https://civitai.com/api/download/models/1", True),
+        ("https://MEGA.nz/file/abc#key", True),
+        ("hf://o/r/x.safetensors", True),
+        ("https://hub.test/o/r/resolve/main/x", True),  # HF_ENDPOINT points there
+        ("https://cdn.example.org/x.safetensors", False),
+        ("http://127.0.0.1:8080/f.bin", False),
+    ],
+)
+def test_only_plain_urls_get_a_head_start(url: str, site: bool) -> None:
+    assert may_be_a_site(url, {"HF_ENDPOINT": "https://hub.test"}) is site

@@ -43,6 +43,7 @@ from segdl.testing.tls import make_self_signed
 
 BEFORE = "segdl-before"
 AFTER = "segdl"
+TOOLS = [AFTER, BEFORE, ARIA2C]
 
 
 def command(
@@ -99,7 +100,7 @@ def run_wan(ws: Workspace, ng: Nginx, size: int, reps: int, before: str) -> list
     rate = 6 * MIB
     with wan_relay(ng.https_port, ws.work / "relay.log", rtt=0.08, rate=rate) as relay:
         for rep in range(reps):
-            for tool in rotate([AFTER, BEFORE, ARIA2C], rep):
+            for tool in rotate(TOOLS, rep):
                 out = ws.fresh_out()
                 closed = len(relay.closed_connections())
                 argv = command(tool, relay.url(name), out, ws.pair.certfile, before)
@@ -126,7 +127,7 @@ def run_limit(ws: Workspace, reps: int, before: str) -> list[str]:
         workdir=ws.work / "nginx-limit",
     ) as ng:
         for rep in range(reps):
-            for tool in rotate([AFTER, BEFORE, ARIA2C], rep):
+            for tool in rotate(TOOLS, rep):
                 out = ws.fresh_out()
                 run = measure(
                     command(tool, ng.https_url(name), out, ws.pair.certfile, before),
@@ -145,7 +146,7 @@ def run_crawl(ws: Workspace, ng: Nginx, reps: int, before: str, timeout: float) 
     for crawler in (False, True):
         table = Table()
         for rep in range(reps):
-            for tool in rotate([AFTER, BEFORE, ARIA2C], rep):
+            for tool in rotate(TOOLS, rep):
                 log = ws.work / "relay-crawl.log"
                 with wan_relay(
                     ng.https_port, log, rtt=0.0, rate=4 * MIB, crawl="3" if crawler else ""
@@ -180,7 +181,7 @@ def run_resume(ws: Workspace, reps: int, before: str, seed: int) -> list[str]:
         for rep in range(reps):
             rng = random.Random(seed + rep)
             kill_after = [rng.uniform(0.3, 1.5) for _ in range(5)]
-            for tool in rotate([AFTER, BEFORE, ARIA2C], rep):
+            for tool in rotate(TOOLS, rep):
                 out = ws.fresh_out()
                 argv = command(tool, ng.https_url(name), out, ws.pair.certfile, before, resume=True)
                 wait_for_quiet(ng.access_log_path, settle=0.3)
@@ -205,13 +206,17 @@ def run_resume(ws: Workspace, reps: int, before: str, seed: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--before", required=True, help="the old install's segdl command")
+    parser.add_argument(
+        "--before", required=True, help="the old install's segdl command (none: skip it)"
+    )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--scenarios", default="wan8,wan64,wan256,limit,crawl,resume")
     parser.add_argument("--dest", default="/dev/shm")
     parser.add_argument("--crawl-timeout", type=float, default=240.0)
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()
+    if args.before == "none":
+        TOOLS.remove(BEFORE)
     chosen = [c.strip() for c in args.scenarios.split(",") if c.strip()]
     sections: list[tuple[str, list[str]]] = []
     with (

@@ -205,11 +205,17 @@ def test_commit_beyond_reservation_is_refused() -> None:
     assert a is not None
     pm.reserve(a.id, 1000)  # rounded up to the piece
     assert a.reserved == MIB
-    with pytest.raises(ValueError, match="requested"):
-        pm.admit(a.id, MIB + 1)
-    pm.admit(a.id, 1000)
+    assert pm.admit(a.id, 1000) == 1000
     with pytest.raises(ValueError, match="not admitted"):
         pm.commit(a.id, 1001, 1000)
+    pm.commit(a.id, 1000, 1000)
+    # A chunk running past the request is admitted up to its end; the rest is counted.
+    assert pm.admit(a.id, MIB) == MIB - 1000
+    assert pm.duplicate_bytes == 1000
+    with pytest.raises(ValueError, match="beyond the reserved"):
+        pm.commit(a.id, MIB, 1000)
+    pm.commit(a.id, MIB - 1000, 1000)
+    assert pm.is_done(0)
 
 
 # ---- the endgame: twins of slow ranges, and who may write
@@ -331,23 +337,56 @@ def stalled_tail() -> tuple[PieceMap, Assignment]:
     return pm, slow
 
 
-def test_a_stalled_range_gets_a_twin_from_where_it_got_to() -> None:
+STALLED = Endgame(now=3.0, rate=4 * MIB, stall=2.0)
+
+
+def test_a_stalled_range_is_cut_then_its_last_piece_twinned() -> None:
     pm, slow = stalled_tail()
     assert pm.claim(MIB) is None  # without the endgame: nothing to take
     # Too young to judge (opened 0.4 s ago, an idle connection needs 0.5 s to start).
     assert pm.claim(MIB, Endgame(now=0.4, rate=4 * MIB, setup=0.5)) is None
-    twin = pm.claim(MIB, Endgame(now=3.0, rate=4 * MIB, stall=2.0))
+    # First the slow one keeps only the rest of its piece; the next ones are free again.
+    rest = pm.claim(MIB, STALLED)
+    assert rest is not None
+    assert (rest.start, rest.end) == (MIB, 2 * MIB)
+    assert (slow.end, slow.reserved) == (MIB, MIB)
+    assert not slow.lost
+    # Then its piece gets a twin, from where it got to.
+    twin = pm.claim(MIB, STALLED)
     assert twin is not None
-    assert (twin.start, twin.end) == (64 * 1024, 2 * MIB)
+    assert (twin.start, twin.end) == (64 * 1024, MIB)
     assert (twin.rival, slow.rival) == (slow.id, twin.id)
-    assert pm.claim(MIB, Endgame(now=3.0, rate=4 * MIB, stall=2.0)) is None  # one twin each
+    assert pm.claim(MIB, STALLED) is None  # one twin each
+
+
+def test_a_stalled_range_at_a_piece_boundary_is_taken_whole() -> None:
+    pm = PieceMap(4 * MIB, MIB)
+    slow = pm.claim(MIB, Endgame(now=0.0))
+    assert slow is not None
+    pm.reserve(slow.id, 4 * MIB)  # asked for everything, wrote nothing
+    taker = pm.claim(MIB, STALLED)
+    assert taker is not None
+    assert (taker.start, taker.end) == (0, 4 * MIB)
+    assert slow.lost
+    assert pm.take_losers() == [slow.id]  # its connection is to be stopped
+    # What it had received of its chunk meanwhile is refused and counted.
+    assert pm.admit(slow.id, 5000) == 0
+    assert pm.duplicate_bytes == 5000
+
+
+def cut_to_its_piece(pm: PieceMap, slow: Assignment) -> Assignment:
+    """The endgame's first step on stalled_tail(): the slow one keeps its piece's rest; then
+    its twin, asking for its first chunk."""
+    assert pm.claim(MIB, STALLED) is not None
+    twin = pm.claim(MIB, STALLED)
+    assert twin is not None
+    pm.reserve(twin.id, MIB)
+    return twin
 
 
 def test_the_twin_delivering_first_wins_and_the_slow_one_writes_nothing_more() -> None:
     pm, slow = stalled_tail()
-    twin = pm.claim(MIB, Endgame(now=3.0, rate=4 * MIB))
-    assert twin is not None
-    pm.reserve(twin.id, MIB)
+    twin = cut_to_its_piece(pm, slow)
     assert pm.admit(twin.id, 100_000) == 100_000
     assert pm.take_losers() == [slow.id]
     assert slow.lost
@@ -363,16 +402,14 @@ def test_the_twin_delivering_first_wins_and_the_slow_one_writes_nothing_more() -
 
 def test_the_slow_one_delivering_first_keeps_its_range() -> None:
     pm, slow = stalled_tail()
-    twin = pm.claim(MIB, Endgame(now=3.0, rate=4 * MIB))
-    assert twin is not None
-    pm.reserve(twin.id, MIB)
+    twin = cut_to_its_piece(pm, slow)
     assert pm.admit(slow.id, 64 * 1024) == 64 * 1024
     assert pm.take_losers() == [twin.id]
     assert pm.admit(twin.id, 10) == 0
     pm.commit(slow.id, 64 * 1024, MIB)
     pm.release(twin.id)
     assert pm.partial_pieces() == {0: 128 * 1024}
-    assert slow.end == 2 * MIB
+    assert slow.end == MIB
 
 
 def test_a_range_that_is_merely_busy_gets_no_twin() -> None:

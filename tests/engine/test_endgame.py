@@ -79,13 +79,19 @@ async def test_a_stalled_range_is_overtaken_and_the_file_is_exact(
         if r.fault is None and r.range is not None and first <= requested(r)[0] < end
     ]
     assert takeovers, [r.range for r in records]
-    # Nothing the slow connection wrote is asked for again.
-    assert first <= requested(takeovers[0])[0] <= first + after
-    # Reported: one twin, one connection stopped, and few bytes received twice (the slow
-    # connection's chunk in progress at most).
+    # Nothing the slow connection wrote (its first 64 KiB chunk, when it got that far) is
+    # asked for again, and everything after it is.
+    written = after // (64 * 1024) * (64 * 1024)
+    starts = sorted(requested(r)[0] for r in takeovers)
+    assert starts[0] == first + written
+    assert max(requested(r)[1] for r in takeovers) == end
+    # Reported: the slow range cut (then twinned where it was inside a piece), its
+    # connection stopped, and few bytes received twice (its chunk in progress at most).
     (line,) = [m for m in caplog.messages if m.startswith("endgame:")]
-    twins, stopped, twice = (int(n) for n in re.findall(r"\d+", line))
-    assert (twins, stopped) == (1, 1)
+    cuts, twins, stopped, twice = (int(n) for n in re.findall(r"\d+", line))
+    assert cuts == 1
+    assert twins <= 1
+    assert stopped == 1
     assert twice <= after
 
 

@@ -233,3 +233,26 @@ def test_site_hosts_are_the_resolvers_own() -> None:
 )
 def test_only_plain_urls_get_a_head_start(url: str, site: bool) -> None:
     assert may_be_a_site(url, {"HF_ENDPOINT": "https://hub.test"}) is site
+
+
+async def test_a_first_request_that_crawls_is_sent_again_on_an_open_connection(
+    range_server: RangeServer, tmp_path: Path
+) -> None:
+    """The first request's connection is slow to answer (here: 30 s before its first byte);
+    once the connections opened meanwhile are ready, it is sent again on one of them, and
+    whichever answers first is the probe."""
+    range_server.add("/f.bin", Resource(body=BODY))
+    seen: list[str | None] = []
+
+    def hook(info: RequestInfo) -> Fault | None:
+        seen.append(info.range)
+        return Fault.delay(30.0) if info.index == 0 else None
+
+    range_server.on_request(hook)
+    options = segdl.Options(connections=4, split=4, read_timeout=60.0)
+    with trio.fail_after(20):
+        await segdl.download(range_server.url("/f.bin"), tmp_path, options=options)
+    assert sha(tmp_path / "f.bin") == SHA
+    first = f"bytes=0-{MIB - 1}"
+    assert seen[:2] == [first, first], seen  # the first request, and again elsewhere
+    assert seen.count(first) == 2

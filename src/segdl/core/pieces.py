@@ -27,13 +27,17 @@ leaves a server pushing megabytes nobody will read.
   aria2 "does not split less than 2*SIZE byte range".
 
 The endgame: when nothing is free or stealable and an active assignment is far slower than
-the idle connection would be (or has stalled), the idle connection gets a *twin* of it: an
-assignment of the same bytes ``[position, end)``, started where the slow one has got to.
-Both fetch; the first to deliver a chunk wins (:meth:`PieceMap.admit`, asked before any
-byte is written): the winner owns the range, the loser is marked ``lost``, must write
-nothing more and is reported in :attr:`PieceMap.losers` for the engine to abort.  So at most
-one writer ever writes a byte, and the duplicated bytes are only the loser's unwritten
-chunk (counted in :attr:`PieceMap.duplicate_bytes`).
+the idle connection would be (or has stalled), the slow one is *cut*: it keeps only the
+rest of the piece it is in, and everything after is free again — taken by the idle
+connection, and split further by the others as any free run is.  When the slow one has
+nothing left but part of a piece, the idle connection gets a *twin* of it: an assignment of
+the same bytes ``[position, end)``, started where the slow one has got to.  Both fetch; the
+first to deliver a chunk wins (:meth:`PieceMap.admit`, asked before any byte is written):
+the winner owns the range, the loser is marked ``lost``, must write nothing more and is
+reported in :attr:`PieceMap.losers` for the engine to abort (so is a slow one cut at a
+piece boundary, with nothing left).  So at most one writer ever writes a byte, and the
+duplicated bytes are only what the losers and the cut ones had received but may not write
+(counted in :attr:`PieceMap.duplicate_bytes`).
 
 Pure: no I/O, no clock (times are passed in), not thread-safe — the engine calls it under
 one lock.
@@ -127,6 +131,7 @@ class PieceMap:
         self.losers: list[int] = []
         self.duplicate_bytes = 0
         self.twins_started = 0
+        self.cuts = 0
         for index in done:
             self._check_index(index)
             self._done[index] = 1
@@ -192,9 +197,10 @@ class PieceMap:
     ) -> Assignment | None:
         """Give an idle connection a range, or None when nothing is worth taking now.
 
-        With *endgame*, an idle connection that finds nothing free or stealable may get a
-        twin of a slow assignment (see the module's docstring).  *now* (else the endgame's)
-        is when the range is opened: the endgame judges ranges by their speed since then.
+        With *endgame*, an idle connection that finds nothing free or stealable may cut a slow
+        assignment and take its rest, or get a twin of it (see the module's docstring).
+        *now* (else the endgame's) is when the range is opened: the endgame judges ranges by
+        their speed since then.
         """
         if now is None:
             now = endgame.now if endgame is not None else 0.0
@@ -202,7 +208,14 @@ class PieceMap:
         steal = self._best_steal(min_split_size)
         if free is None and steal is None:
             victim = self._slowest(endgame) if endgame is not None else None
-            return self._open_twin(victim, now) if victim is not None else None
+            if victim is None:
+                return None
+            cut = -(-victim.position // self.piece_length) * self.piece_length
+            if cut >= victim.end:
+                return self._open_twin(victim, now)
+            self._cut(victim, cut)
+            free = self._largest_free_run()
+            assert free is not None, "a cut frees the rest of the slow range"
         if steal is None or (free is not None and free[1] - free[0] >= steal[2] - steal[1]):
             assert free is not None
             start, end = free
@@ -358,20 +371,33 @@ class PieceMap:
         """How many of *nbytes* just received at the assignment's position may be written.
 
         Asked before writing.  The first of an endgame pair to ask wins the race: its twin is
-        marked lost (and listed in :attr:`losers`); a lost assignment may write nothing, and
-        what it received counts as duplicated.
+        marked lost (and listed in :attr:`losers`); a lost assignment may write nothing, one
+        that was cut only up to its new end; what they received beyond counts as duplicated.
         """
         a = self._active[assignment_id]
+        if nbytes < 0:
+            raise ValueError("a negative chunk")
         if a.lost:
-            self.duplicate_bytes += max(0, nbytes)
+            self.duplicate_bytes += nbytes
             return 0
-        if nbytes < 0 or a.admitted != a.position or a.position + nbytes > a.reserved:
-            raise ValueError("admit beyond the requested range, or before the last commit")
-        if a.rival is not None and nbytes > 0:
+        if a.admitted != a.position:
+            raise ValueError("admit before the last admitted chunk was committed")
+        allowed = min(nbytes, a.reserved - a.position)
+        self.duplicate_bytes += nbytes - allowed
+        if a.rival is not None and allowed > 0:
             self._lose(self._active[a.rival])
             a.rival = None
-        a.admitted = a.position + nbytes
-        return nbytes
+        a.admitted = a.position + allowed
+        return allowed
+
+    def _cut(self, victim: Assignment, cut: int) -> None:
+        """The slow *victim* keeps ``[position, cut)`` only (nothing, at a piece boundary)."""
+        self.cuts += 1
+        if cut <= victim.position:
+            self._lose(victim)
+            return
+        victim.end = cut
+        victim.reserved = min(victim.reserved, cut)
 
     def _lose(self, loser: Assignment) -> None:
         loser.rival = None

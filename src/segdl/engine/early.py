@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +31,12 @@ from ..io.firstrequest import FirstResponse, send_first_request
 from ..io.tls import client_context
 from .connections import ConnectionFactory, ConnectionLike
 from .options import Options
+
+# A first request is sent again on a connection opened ahead once it has waited this long,
+# and HEDGE_FACTOR times as long as such a connection took to open (TCP and TLS: two round
+# trips; its answer needs one).
+HEDGE_AFTER = 0.3
+HEDGE_FACTOR = 3.0
 
 __all__ = [
     "EarlyKey",
@@ -83,11 +90,13 @@ class EarlyKey:
 class _Slot:
     """One connection being made and opened ahead, in a thread of its own."""
 
-    def __init__(self, make: Callable[[], ConnectionLike]) -> None:
+    def __init__(self, make: Callable[[], ConnectionLike], on_open: Callable[[], None]) -> None:
         self._make = make
+        self._on_open = on_open
         self._lock = threading.Lock()
         self._cancelled = False
         self.conn: ConnectionLike | None = None
+        self.opened = False
         self.ready = threading.Event()
 
     def run(self) -> None:
@@ -98,6 +107,8 @@ class _Slot:
                 cancelled = self._cancelled
             if not cancelled:
                 conn.connect()
+                self.opened = True
+                self._on_open()
         except Exception:
             # Left unconnected (or not made): the worker that takes it opens its own, and a
             # failure shows through the engine's retries, like any connection's.
@@ -126,10 +137,24 @@ class Preconnects:
     def __init__(self, endpoint: Endpoint, count: int, make: Callable[[], ConnectionLike]) -> None:
         self.endpoint = endpoint
         self._lock = threading.Lock()
-        self._slots = [_Slot(make) for _ in range(count)]
+        self._slots = [_Slot(make, self._opened) for _ in range(count)]
         self._closed = False
+        self.first_ready_at: float | None = None  # when the first one was open
         for slot in self._slots:
             threading.Thread(target=slot.run, name="segdl-preconnect", daemon=True).start()
+
+    def _opened(self) -> None:
+        with self._lock:
+            if self.first_ready_at is None:
+                self.first_ready_at = time.monotonic()
+
+    def pop_ready(self) -> _Slot | None:
+        """One of the connections that is open already, if any."""
+        with self._lock:
+            for index, slot in enumerate(self._slots):
+                if slot.ready.is_set() and slot.opened:
+                    return self._slots.pop(index)
+        return None
 
     def pop(self) -> _Slot | None:
         """One of the connections (None: none left): wait for its ``ready``, then take its
@@ -149,21 +174,29 @@ class Preconnects:
 
 
 class Attempt:
-    """One first request, in its thread: ``done`` is set once ``result`` or ``error`` is."""
+    """One first request, in its thread: ``done`` is set once ``result`` or ``error`` is (and
+    the early start's ``answered``).  *conn*: a connection already open to the URL's host,
+    for its first hop."""
 
-    def __init__(self, early: EarlyStart) -> None:
+    def __init__(self, early: EarlyStart, conn: ConnectionLike | None = None) -> None:
         self.done = threading.Event()
+        self._answered = early.answered
         self.hops: list[ConnectionLike] = []
         self.result: tuple[FirstResponse, ConnectionLike] | None = None
         self.error: BaseException | None = None
         key = early.key
+        ready = [conn] if conn is not None else []
+
+        def open_connection(endpoint: Endpoint) -> ConnectionLike:
+            return ready.pop() if ready else early.open_connection(endpoint)
+
         self._ask = partial(
             send_first_request,
             early.url,
             dict(key.headers),
             first=key.first,
             last=key.last,
-            open_connection=early.open_connection,
+            open_connection=open_connection,
             on_hop=self.hops.append,
         )
         threading.Thread(target=self._run, name="segdl-first-request", daemon=True).start()
@@ -175,6 +208,7 @@ class Attempt:
             self.error = exc
         finally:
             self.done.set()
+            self._answered.set()
 
     def take(self) -> tuple[FirstResponse, ConnectionLike]:
         """The answer and its connection, now the caller's; or the error, raised."""
@@ -193,8 +227,13 @@ class Attempt:
 
 
 class EarlyStart:
-    """A download's first request (:attr:`attempt`; :meth:`ask` sends it again) and the
-    connections opened ahead to its host (:attr:`preconnects`)."""
+    """A download's first request (:attr:`attempts`; :meth:`ask` sends it again) and the
+    connections opened ahead to its host (:attr:`preconnects`).
+
+    A first request that goes unanswered far longer than the connections opened ahead took
+    to open (its connection crawls) is *hedged*: sent again on one of them
+    (:meth:`hedge`); the first answer wins, the other is aborted.
+    """
 
     def __init__(
         self,
@@ -213,14 +252,46 @@ class EarlyStart:
         self._connect = connect
         self._tls_lock = threading.Lock()
         self._sessions: dict[tuple[str, str, int], TLSSessions] = {}
+        self.answered = threading.Event()
+        self.asked_at = time.monotonic()
         # The first request first: everything else waits behind it for the TLS context.
-        self.attempt = Attempt(self)
+        self.attempts = [Attempt(self)]
         self.preconnects = self.open_ahead(Endpoint.from_url(url))
 
-    def ask(self) -> Attempt:
+    def ask(self) -> None:
         """Send the first request again (a busy server's answer is retried)."""
-        self.attempt = Attempt(self)
-        return self.attempt
+        for attempt in self.attempts:
+            attempt.abort()
+        self.answered.clear()
+        self.asked_at = time.monotonic()
+        self.attempts = [Attempt(self)]
+
+    def hedge(self, now: float) -> bool:
+        """Send the first request again on a connection opened ahead, when it has waited far
+        longer than such a connection took to open; True if it was sent."""
+        preconnects = self.preconnects
+        if len(self.attempts) > 1 or preconnects is None:
+            return False
+        opened = preconnects.first_ready_at
+        if opened is None:
+            return False
+        if now - self.asked_at < max(HEDGE_AFTER, HEDGE_FACTOR * (opened - self.asked_at)):
+            return False
+        slot = preconnects.pop_ready()
+        if slot is None or slot.conn is None:
+            return False
+        self.attempts.append(Attempt(self, slot.conn))
+        return True
+
+    def answer(self) -> tuple[FirstResponse, ConnectionLike]:
+        """The first attempt's answer to arrive (once ``answered`` is set); the others are
+        stopped.  Raises its error."""
+        winner = next(a for a in self.attempts if a.done.is_set())
+        for attempt in self.attempts:
+            if attempt is not winner:
+                attempt.abort()
+        self.attempts = [winner]
+        return winner.take()
 
     def tls_for(self, endpoint: Endpoint) -> tuple[ssl.SSLContext | None, TLSSessions | None]:
         """The TLS context and the session cache the connections to *endpoint* share."""
@@ -243,7 +314,8 @@ class EarlyStart:
 
     def close(self) -> None:
         """Stop the first request if it is still on its way, close what nobody took."""
-        self.attempt.abort()
+        for attempt in self.attempts:
+            attempt.abort()
         if self.preconnects is not None:
             self.preconnects.close()
 

@@ -28,14 +28,16 @@ class _Abortable(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class LedgerStatistics:
-    """``duplicate_bytes``: bytes received by endgame losers and never written;
-    ``twins``: endgame twins started; ``races_lost``: connections stopped by their twin."""
+    """``duplicate_bytes``: bytes received in the endgame and never written (a loser's, or a
+    cut range's past its new end); ``cuts``: slow ranges cut short; ``twins``: twins
+    started; ``stopped``: connections stopped because another had their range."""
 
     downloaded: int
     active: int
     duplicate_bytes: int
+    cuts: int
     twins: int
-    races_lost: int
+    stopped: int
 
 
 class RangeSink:
@@ -63,20 +65,32 @@ class Ledger:
         self.pieces = pieces
         self.lock = threading.Lock()
         self._fetching: dict[int, _Abortable] = {}
-        self._races_lost = 0
+        self._stopped = 0
 
     def claim(self, min_split: int, endgame: Endgame | None = None) -> Assignment | None:
         with self.lock:
-            return self.pieces.claim(min_split, endgame, now=time.monotonic())
+            claimed = self.pieces.claim(min_split, endgame, now=time.monotonic())
+            # A slow range cut short with nothing left: its connection stops at once.
+            losers = [self._fetching.get(i) for i in self.pieces.take_losers()]
+            self._stopped += len(losers)
+        for conn in losers:
+            if conn is not None:
+                conn.abort()
+        return claimed
 
     def claim_at(self, start: int, reserved: int) -> Assignment | None:
         with self.lock:
             return self.pieces.claim_at(start, reserved, now=time.monotonic())
 
-    def reserve(self, assignment_id: int, nbytes: int) -> tuple[int, int]:
+    def reserve(self, assignment_id: int, nbytes: int, connections: int) -> tuple[int, int]:
         """The next request of the assignment: ``(first, end)``, *end* exclusive (equal to
-        *first* when nothing is left of it)."""
+        *first* when nothing is left of it).  About *nbytes*, and no more than a fair share
+        of what is still missing among *connections*: at the tail, what is left unrequested
+        can still be split between them."""
         with self.lock:
+            pieces = self.pieces
+            share = (pieces.total_length - pieces.downloaded) // max(1, connections)
+            nbytes = max(1, min(nbytes, share))
             end = self.pieces.reserve(assignment_id, nbytes)
             a = self.pieces.get(assignment_id)
             assert a is not None
@@ -104,7 +118,7 @@ class Ledger:
         with self.lock:
             allowed = self.pieces.admit(assignment_id, nbytes)
             losers = [self._fetching.get(i) for i in self.pieces.take_losers()]
-            self._races_lost += len(losers)
+            self._stopped += len(losers)
         for conn in losers:
             if conn is not None:
                 conn.abort()  # wakes its thread; the server stops sending it the range
@@ -123,8 +137,9 @@ class Ledger:
                 downloaded=pieces.downloaded,
                 active=len(pieces.active),
                 duplicate_bytes=pieces.duplicate_bytes,
+                cuts=pieces.cuts,
                 twins=pieces.twins_started,
-                races_lost=self._races_lost,
+                stopped=self._stopped,
             )
 
     def control(self) -> ControlFile:

@@ -299,12 +299,13 @@ class _FileDownload:
             return
         stats = self.ledger.statistics()
         self.duplicate_bytes = stats.duplicate_bytes
-        if stats.twins:
+        if stats.cuts or stats.twins:
             log.info(
-                "endgame: %d slow range(s) fetched twice, %d connection(s) stopped, "
+                "endgame: %d slow range(s) cut short, %d twin(s), %d connection(s) stopped, "
                 "%d bytes received twice",
+                stats.cuts,
                 stats.twins,
-                stats.races_lost,
+                stats.stopped,
                 stats.duplicate_bytes,
             )
 
@@ -368,6 +369,8 @@ class _FileDownload:
                     assignment = ledger.claim(
                         self.options.min_split_size, pace.endgame(reconnect=conn.aborted)
                     )
+                    if assignment is not None:
+                        self._notify()  # idle peers may split what was just taken
                 if assignment is None:
                     _, active = ledger.counters()
                     if active == 0:
@@ -473,7 +476,9 @@ class _FileDownload:
                 first = a.start
                 adopted = False
             else:
-                first, end = ledger.reserve(a.id, pace.request_size(piece))
+                first, end = ledger.reserve(
+                    a.id, pace.request_size(piece), self.max_connections
+                )
                 if first >= end:
                     return written
                 sent = time.monotonic()

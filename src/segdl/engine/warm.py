@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Mapping
 
 import trio
@@ -32,10 +33,13 @@ from ..io.dataplane import Endpoint, TLSSessions
 from ..io.firstrequest import FirstResponse
 from ..io.remote import same_origin
 from .connections import ConnectionFactory, ConnectionLike
-from .early import Attempt, EarlyKey, EarlyStart, Preconnects, take_head_start
+from .early import EarlyKey, EarlyStart, Preconnects, take_head_start
 from .options import Options
 
 __all__ = ["WarmStart", "start_warm"]
+
+# How often an unanswered first request is looked at (to hedge it).
+HEDGE_CHECK = 0.05
 
 
 class WarmStart:
@@ -104,7 +108,7 @@ async def start_warm(
     try:
         for attempt in itertools.count(1):
             try:
-                response, conn = await _outcome(early.attempt)
+                response, conn = await _outcome(early)
                 break
             except HTTPStatusError as exc:
                 # Busy or failing for a moment (429, 5xx): wait as the data connections do.
@@ -127,11 +131,12 @@ async def start_warm(
     return WarmStart(response, conn, preconnects, early.tls_for(final)[1])
 
 
-async def _outcome(attempt: Attempt) -> tuple[FirstResponse, ConnectionLike]:
-    """Wait for a first request's answer; cancellation aborts it."""
-    try:
-        await trio.to_thread.run_sync(attempt.done.wait, abandon_on_cancel=True)
-    except BaseException:
-        attempt.abort()
-        raise
-    return attempt.take()
+async def _outcome(early: EarlyStart) -> tuple[FirstResponse, ConnectionLike]:
+    """Wait for the first request's answer, hedging it if it crawls; cancellation aborts
+    it (the caller closes the early start)."""
+    hedged = False
+    while not await trio.to_thread.run_sync(
+        early.answered.wait, None if hedged else HEDGE_CHECK, abandon_on_cancel=True
+    ):
+        hedged = early.hedge(time.monotonic())
+    return early.answer()

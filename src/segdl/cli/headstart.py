@@ -20,7 +20,7 @@ from pathlib import Path
 from ..core.headers import MAX_PARTIAL_NAME_BYTES, choose_filename, sanitize_filename
 from ..core.urls import HttpURL
 from ..engine.connections import open_connection
-from ..engine.early import begin_head_start, first_range
+from ..engine.early import begin_head_start, opening_ranges
 from ..engine.options import Options
 from ..errors import DownloadError
 from ..io.files import check_writable_dir
@@ -46,16 +46,9 @@ def begin(
         return
     limit = MAX_PARTIAL_NAME_BYTES
     name = sanitize_filename(args.out, max_bytes=limit) if args.out else None
-    first, last = first_range(
-        directory / (name or choose_filename(None, url, max_bytes=limit)), options.piece_length
-    )
-    single = args.engine == "single"
+    ahead = 0 if args.engine == "single" else options.max_connections - 1
+    guess = directory / (name or choose_filename(None, url, max_bytes=limit))
+    ranges = opening_ranges(guess, options.piece_length, ahead)
     begin_head_start(
-        url,
-        dict(options.headers),
-        options,
-        connect=open_connection,
-        first=first,
-        last=last,
-        ahead=0 if single else options.max_connections - 1,
+        url, dict(options.headers), options, connect=open_connection, ranges=ranges, ahead=ahead
     )

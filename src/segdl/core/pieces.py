@@ -224,9 +224,13 @@ class PieceMap:
             victim_of_steal.end = start
         return self._open(start, end, now)
 
-    def claim_at(self, start: int, reserved: int, *, now: float = 0.0) -> Assignment | None:
+    def claim_at(
+        self, start: int, reserved: int, *, exact: bool = False, now: float = 0.0
+    ) -> Assignment | None:
         """The free run that begins exactly at *start*, for a response already asked for
-        (``[start, reserved)``, the first request); None if those bytes are not wanted.
+        (``[start, reserved)``: a download's first requests); None if those bytes are not
+        wanted.  With *exact*, the assignment ends with the response (at the piece boundary
+        after it): other responses asked ahead own what follows.
 
         Only where missing data begins (a piece boundary or the end of a written prefix):
         the resume state cannot describe a hole before *start* inside its piece.
@@ -245,6 +249,8 @@ class PieceMap:
                 break
             last += 1
         end = min(last * self.piece_length, self.total_length)
+        if exact:
+            end = min(end, -(-reserved // self.piece_length) * self.piece_length)
         a = self._open(start, end, now)
         a.reserved = min(reserved, end)
         return a

@@ -17,17 +17,19 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from ..core.controlfile import ControlFileError
+from ..core.responses import ResponseHead
 from ..core.resume import pieces_from_control
 from ..core.urls import HttpURL
 from ..io import files
 from ..io.dataplane import Endpoint, TLSSessions
 from ..io.firstrequest import FirstResponse, send_first_request
+from ..io.remote import take_userinfo
 from ..io.tls import client_context
 from .connections import ConnectionFactory, ConnectionLike
 from .options import Options
@@ -43,7 +45,8 @@ __all__ = [
     "EarlyStart",
     "Preconnects",
     "begin_head_start",
-    "first_range",
+    "first_ranges",
+    "opening_ranges",
     "take_head_start",
 ]
 
@@ -55,8 +58,7 @@ class EarlyKey:
 
     url: str
     headers: frozenset[tuple[str, str]]
-    first: int
-    last: int
+    ranges: tuple[tuple[int, int], ...]  # the first request's, then those sent ahead
     ahead: int
     ca_certificate: str | None
     connect_timeout: float
@@ -70,15 +72,13 @@ class EarlyKey:
         headers: Mapping[str, str],
         options: Options,
         *,
-        first: int,
-        last: int,
+        ranges: Sequence[tuple[int, int]],
         ahead: int,
     ) -> EarlyKey:
         return cls(
             url=url,
             headers=frozenset(headers.items()),
-            first=first,
-            last=last,
+            ranges=tuple(ranges),
             ahead=ahead,
             ca_certificate=options.ca_certificate,
             connect_timeout=options.connect_timeout,
@@ -87,16 +87,34 @@ class EarlyKey:
         )
 
 
-class _Slot:
-    """One connection being made and opened ahead, in a thread of its own."""
+@dataclass(frozen=True, slots=True)
+class Speculation:
+    """A request a connection opened ahead sent before the file's size was known: bytes
+    ``first..last`` (as asked), and the head of its answer, whose body waits in the socket."""
 
-    def __init__(self, make: Callable[[], ConnectionLike], on_open: Callable[[], None]) -> None:
+    first: int
+    last: int
+    head: ResponseHead
+
+
+class Slot:
+    """One connection being made and opened ahead, in a thread of its own; with *ask*, it
+    sends that request as soon as it is open (:class:`Speculation`)."""
+
+    def __init__(
+        self,
+        make: Callable[[], ConnectionLike],
+        on_open: Callable[[], None],
+        ask: tuple[int, int, Mapping[str, str]] | None = None,
+    ) -> None:
         self._make = make
         self._on_open = on_open
         self._lock = threading.Lock()
         self._cancelled = False
+        self.ask = ask
         self.conn: ConnectionLike | None = None
         self.opened = False
+        self.speculation: Speculation | None = None
         self.ready = threading.Event()
 
     def run(self) -> None:
@@ -109,35 +127,58 @@ class _Slot:
                 conn.connect()
                 self.opened = True
                 self._on_open()
+                if self.ask is not None:
+                    first, last, headers = self.ask
+                    head = conn.request(headers=headers, first=first, last=last, any_status=True)
+                    if head.status == 206:
+                        self.speculation = Speculation(first, last, head)
+                    else:
+                        # Not those bytes (no ranges: the whole file; a redirect; past the
+                        # end): closed at once, so the server stops sending it.
+                        conn.close()
         except Exception:
             # Left unconnected (or not made): the worker that takes it opens its own, and a
             # failure shows through the engine's retries, like any connection's.
             pass
         finally:
-            self.ready.set()
+            with self._lock:
+                self.ready.set()
+                cancelled, conn = self._cancelled, self.conn
+            if cancelled and conn is not None:
+                conn.close()
 
     def cancel(self) -> None:
-        """Nobody will take it: abort its connect, close it (now, or when its thread sees)."""
+        """Nobody will take it: abort what it is doing, close it (now, or as soon as its
+        thread is done)."""
         with self._lock:
             self._cancelled = True
-            conn = self.conn
+            conn, done = self.conn, self.ready.is_set()
         if conn is not None:
             conn.abort()
-            if self.ready.is_set():
+            if done:
                 conn.close()
-            # Otherwise its thread sees the abort when the connect returns, and closes it.
 
 
 class Preconnects:
     """Connections to one endpoint, opened (TCP, TLS) before anyone knows what they fetch.
 
-    Each is made and opened in a thread of its own: the caller does not wait for any.
+    Each is made and opened in a thread of its own: the caller does not wait for any.  The
+    first ``len(asks)`` send a request at once (*asks*: the byte ranges, and the headers):
+    their answers come while the size is still unknown, and are adopted when it is.
     """
 
-    def __init__(self, endpoint: Endpoint, count: int, make: Callable[[], ConnectionLike]) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        count: int,
+        make: Callable[[], ConnectionLike],
+        asks: Sequence[tuple[int, int, Mapping[str, str]]] = (),
+    ) -> None:
         self.endpoint = endpoint
         self._lock = threading.Lock()
-        self._slots = [_Slot(make, self._opened) for _ in range(count)]
+        plan: list[tuple[int, int, Mapping[str, str]] | None] = list(asks[:count])
+        plan += [None] * (count - len(plan))
+        self._slots = [Slot(make, self._opened, ask) for ask in plan]
         self._closed = False
         self.first_ready_at: float | None = None  # when the first one was open
         for slot in self._slots:
@@ -148,21 +189,33 @@ class Preconnects:
             if self.first_ready_at is None:
                 self.first_ready_at = time.monotonic()
 
-    def pop_ready(self) -> _Slot | None:
-        """One of the connections that is open already, if any."""
+    def pop_ready(self) -> Slot | None:
+        """One of the connections that is open already and asked nothing yet, if any."""
         with self._lock:
             for index, slot in enumerate(self._slots):
-                if slot.ready.is_set() and slot.opened:
+                if slot.ready.is_set() and slot.opened and slot.ask is None:
                     return self._slots.pop(index)
         return None
 
-    def pop(self) -> _Slot | None:
-        """One of the connections (None: none left): wait for its ``ready``, then take its
-        ``conn`` (None if it could not be made)."""
+    def pop(self) -> Slot | None:
+        """One of the connections that asked nothing (None: none left): wait for its
+        ``ready``, then take its ``conn`` (None if it could not be made)."""
         with self._lock:
-            if self._closed or not self._slots:
+            if self._closed:
                 return None
-            return self._slots.pop(0)
+            for index, slot in enumerate(self._slots):
+                if slot.ask is None:
+                    return self._slots.pop(index)
+            return None
+
+    def pop_asking(self) -> list[Slot]:
+        """The connections that sent a request of their own, in the order of their ranges."""
+        with self._lock:
+            if self._closed:
+                return []
+            asking = [slot for slot in self._slots if slot.ask is not None]
+            self._slots = [slot for slot in self._slots if slot.ask is None]
+            return asking
 
     def close(self) -> None:
         """Abort and close the connections nobody took (a connect in progress fails)."""
@@ -185,6 +238,7 @@ class Attempt:
         self.result: tuple[FirstResponse, ConnectionLike] | None = None
         self.error: BaseException | None = None
         key = early.key
+        first, last = key.ranges[0]
         ready = [conn] if conn is not None else []
 
         def open_connection(endpoint: Endpoint) -> ConnectionLike:
@@ -194,8 +248,8 @@ class Attempt:
             send_first_request,
             early.url,
             dict(key.headers),
-            first=key.first,
-            last=key.last,
+            first=first,
+            last=last,
             open_connection=open_connection,
             on_hop=self.hops.append,
         )
@@ -230,6 +284,10 @@ class EarlyStart:
     """A download's first request (:attr:`attempts`; :meth:`ask` sends it again) and the
     connections opened ahead to its host (:attr:`preconnects`).
 
+    *ranges*: what the first request asks for, then what connections opened ahead ask for
+    at once, before the size is known (all but one of them: a spare stays for a hedge);
+    the answers to those are adopted when the size is known, or dropped.
+
     A first request that goes unanswered far longer than the connections opened ahead took
     to open (its connection crawls) is *hedged*: sent again on one of them
     (:meth:`hedge`); the first answer wins, the other is aborted.
@@ -242,12 +300,15 @@ class EarlyStart:
         options: Options,
         *,
         connect: ConnectionFactory,
-        first: int,
-        last: int,
+        ranges: Sequence[tuple[int, int]],
         ahead: int,
     ) -> None:
         self.url = url
-        self.key = EarlyKey.of(url, headers, options, first=first, last=last, ahead=ahead)
+        self.key = EarlyKey.of(url, headers, options, ranges=ranges, ahead=ahead)
+        # Sent by the connections opened ahead: the URL's own headers (its userinfo as Basic
+        # auth), to the URL's own host.
+        self._own_headers = dict(headers)
+        take_userinfo(url, self._own_headers)
         self._options = options
         self._connect = connect
         self._tls_lock = threading.Lock()
@@ -308,9 +369,19 @@ class EarlyStart:
         return self._connect(endpoint, self._options, context, sessions)
 
     def open_ahead(self, endpoint: Endpoint) -> Preconnects | None:
+        """Connections opened ahead to *endpoint*; those to the URL's own endpoint send the
+        requests of ``key.ranges`` at once."""
         if self.key.ahead <= 0:
             return None
-        return Preconnects(endpoint, self.key.ahead, partial(self.open_connection, endpoint))
+        asks: list[tuple[int, int, Mapping[str, str]]] = []
+        if endpoint == Endpoint.from_url(self.url):
+            asks = [(first, last, self._own_headers) for first, last in self.key.ranges[1:]]
+        return Preconnects(
+            endpoint,
+            self.key.ahead,
+            partial(self.open_connection, endpoint),
+            asks[: self.key.ahead - 1],
+        )
 
     def close(self) -> None:
         """Stop the first request if it is still on its way, close what nobody took."""
@@ -320,21 +391,38 @@ class EarlyStart:
             self.preconnects.close()
 
 
-def first_range(guess: Path, piece_length: int) -> tuple[int, int]:
-    """What a download's first request asks for: the first piece the partial at *guess*
-    lacks (the whole first piece of a new file); a single byte when something is there
-    without resume state."""
+def first_ranges(guess: Path, piece_length: int, count: int) -> list[tuple[int, int]]:
+    """What a download's first requests ask for (``(first, last)``, inclusive): the first
+    *count* pieces the partial at *guess* lacks (of a new file: its first pieces, whatever
+    its size turns out to be), each from the end of its written prefix; a single byte, and
+    nothing more, when something is there without resume state."""
     try:
         control = files.read_control(guess)
     except (ControlFileError, OSError):
         control = None
     if control is None:
-        # Something is there already (a finished file, a directory): its bytes are probably
-        # not wanted.
-        return (0, 0) if guess.exists() else (0, piece_length - 1)
-    first = pieces_from_control(control).first_missing() or 0
+        if guess.exists():
+            # Something is there already (a finished file, a directory): its bytes are
+            # probably not wanted.
+            return [(0, 0)]
+        return [(i * piece_length, (i + 1) * piece_length - 1) for i in range(count)]
+    pieces = pieces_from_control(control)
     piece = control.piece_length
-    return first, (first // piece + 1) * piece - 1
+    partial = pieces.partial_pieces()
+    ranges = []
+    for index in range(pieces.num_pieces):
+        if not pieces.is_done(index):
+            start = index * piece + partial.get(index, 0)
+            ranges.append((start, start - start % piece + pieces.piece_size(index) - 1))
+            if len(ranges) == count:
+                break
+    return ranges or [(0, piece - 1)]
+
+
+def opening_ranges(guess: Path, piece_length: int, ahead: int) -> list[tuple[int, int]]:
+    """The ranges a download opens with: its first request's, then one for each connection
+    opened ahead but one (:func:`first_ranges`)."""
+    return first_ranges(guess, piece_length, 1 + max(0, ahead - 1))
 
 
 # -- the head start of `segdl get URL` --------------------------------------------------------
@@ -349,15 +437,12 @@ def begin_head_start(
     options: Options,
     *,
     connect: ConnectionFactory,
-    first: int,
-    last: int,
+    ranges: Sequence[tuple[int, int]],
     ahead: int,
 ) -> EarlyStart:
-    """Begin a download's first request now, for its flow to take over later."""
+    """Begin a download's first requests now, for its flow to take over later."""
     global _head_start
-    started = EarlyStart(
-        url, headers, options, connect=connect, first=first, last=last, ahead=ahead
-    )
+    started = EarlyStart(url, headers, options, connect=connect, ranges=ranges, ahead=ahead)
     with _head_start_lock:
         previous, _head_start = _head_start, started
     if previous is not None:

@@ -78,9 +78,9 @@ class Ledger:
                 conn.abort()
         return claimed
 
-    def claim_at(self, start: int, reserved: int) -> Assignment | None:
+    def claim_at(self, start: int, reserved: int, *, exact: bool = False) -> Assignment | None:
         with self.lock:
-            return self.pieces.claim_at(start, reserved, now=time.monotonic())
+            return self.pieces.claim_at(start, reserved, exact=exact, now=time.monotonic())
 
     def reserve(self, assignment_id: int, nbytes: int, connections: int) -> tuple[int, int]:
         """The next request of the assignment: ``(first, end)``, *end* exclusive (equal to

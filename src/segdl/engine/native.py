@@ -28,7 +28,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -49,6 +49,7 @@ from ..io import files
 from ..io.dataplane import MIN_CHUNK
 from .base import Transfer, TransferResult
 from .connections import ConnectionFactory, ConnectionLike, open_connection
+from .early import Slot
 from .ledger import Ledger
 from .mirrors import Mirror, MirrorSet
 from .options import Options
@@ -148,9 +149,19 @@ class _Pace:
         return Endgame(now=time.monotonic(), rate=self.rate, setup=setup, stall=stall)
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A connection the warm start opened ahead, which asked for a range before the size was
+    known, and the assignment kept for its answer (None: those bytes are not wanted)."""
+
+    slot: Slot
+    assignment: Assignment | None
+
+
 # A worker's start: its first range, with the connection whose response to it is already in
-# (the warm start's first request), or just the range, or nothing yet.
-_Start = tuple[Assignment, ConnectionLike] | Assignment | None
+# (the warm start's first request), or a connection that asked ahead, or just the range, or
+# nothing yet.
+_Start = tuple[Assignment, ConnectionLike] | _Asked | Assignment | None
 
 
 class _FileDownload:
@@ -200,9 +211,12 @@ class _FileDownload:
                 if self.ledger is not None:
                     nursery.start_soon(self._save_loop)
                     # Every worker's first range is claimed before any starts (16 halvings of
-                    # the file), not when its connection happens to be ready.
-                    first = self._adopt_first()
+                    # the file), not when its connection happens to be ready; the ranges
+                    # asked for ahead are kept for their answers first.
+                    asked = self._asked_ahead()
+                    first = self._adopt_first(exact=bool(asked))
                     starts: list[_Start] = [first] if first is not None else []
+                    starts += asked[: self.max_connections - len(starts)]
                     while len(starts) < self.max_connections:
                         starts.append(self.ledger.claim(self.options.min_split_size))
                     async with trio.open_nursery() as workers:
@@ -324,9 +338,10 @@ class _FileDownload:
 
     # -- segmented workers ---------------------------------------------------------------
 
-    def _adopt_first(self) -> tuple[Assignment, ConnectionLike] | None:
+    def _adopt_first(self, *, exact: bool) -> tuple[Assignment, ConnectionLike] | None:
         """The warm start's first response, as the first worker's range: its body is the
-        bytes the download would fetch first, unless the target already has them."""
+        bytes the download would fetch first, unless the target already has them.  *exact*:
+        the range ends with the response (requests sent ahead own what follows)."""
         assert self.ledger is not None
         taken = self.warm.take_first() if self.warm is not None else None
         if taken is None:
@@ -335,11 +350,53 @@ class _FileDownload:
         answer = response.answer
         adopted = None
         if answer.body_usable and answer.body_end is not None:
-            adopted = self.ledger.claim_at(answer.body_first, answer.body_end)
+            adopted = self.ledger.claim_at(answer.body_first, answer.body_end, exact=exact)
         if adopted is None:
             conn.close()
             return None
         return adopted, conn
+
+    def _asked_ahead(self) -> list[_Asked]:
+        """The connections opened ahead that asked for a range, each with the assignment
+        its answer will fill (if the file has those bytes and the target lacks them)."""
+        assert self.ledger is not None
+        warm = self.warm
+        preconnects = warm.preconnects if warm is not None else None
+        if preconnects is None or preconnects.endpoint != self.mirrors.primary.endpoint:
+            return []
+        asked = []
+        for slot in preconnects.pop_asking():
+            assert slot.ask is not None
+            first, last, _ = slot.ask
+            asked.append(_Asked(slot, self.ledger.claim_at(first, last + 1, exact=True)))
+        return asked
+
+    async def _take_asked(
+        self, asked: _Asked, mirror: Mirror
+    ) -> tuple[Assignment | None, ConnectionLike, bool]:
+        """A connection that asked ahead: its assignment and connection, with its answer
+        adopted (True) when it is exactly those bytes of this version; otherwise its range
+        goes back to the map and a fresh connection is opened."""
+        assert self.ledger is not None
+        slot, a = asked.slot, asked.assignment
+        try:
+            await trio.to_thread.run_sync(slot.ready.wait, abandon_on_cancel=True)
+        except BaseException:
+            slot.cancel()
+            raise
+        conn, answer = slot.conn, slot.speculation
+        if conn is not None and answer is not None and a is not None:
+            try:
+                check_range_response(mirror.expected, answer.head, answer.first, a.reserved - 1)
+                return a, conn, True
+            except DownloadError:
+                pass  # past the end (416), a 200, another version: the answer is not used
+        if conn is not None:
+            conn.close()
+        if a is not None:
+            self.ledger.release(a.id)
+            self._notify()
+        return None, self._new_connection(mirror), False
 
     async def _first_connection(self, mirror: Mirror) -> ConnectionLike:
         """A connection opened ahead by the warm start when there is one for *mirror*."""
@@ -365,6 +422,8 @@ class _FileDownload:
         if isinstance(start, tuple):
             assignment, conn = start
             adopted = True
+        elif isinstance(start, _Asked):
+            assignment, conn, adopted = await self._take_asked(start, mirror)
         else:
             assignment = start
             conn = await self._first_connection(mirror)
@@ -489,9 +548,7 @@ class _FileDownload:
                 first = a.start
                 adopted = False
             else:
-                first, end = ledger.reserve(
-                    a.id, pace.request_size(piece), self.max_connections
-                )
+                first, end = ledger.reserve(a.id, pace.request_size(piece), self.max_connections)
                 if first >= end:
                     return written
                 sent = time.monotonic()
@@ -533,6 +590,8 @@ class _FileDownload:
         policy = self.options.retry
         failures = 0
         first = self._adopt_stream()
+        if self.warm is not None:
+            self.warm.close()  # one stream: the connections opened ahead are of no use
         while True:
             conn = first[1] if first is not None else self._new_connection(self.mirrors.primary)
             head = first[0] if first is not None else None

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import trio
 
@@ -89,20 +89,20 @@ async def start_warm(
     options: Options,
     *,
     connect: ConnectionFactory,
-    first: int,
-    last: int,
+    ranges: Sequence[tuple[int, int]],
     ahead: int,
 ) -> WarmStart:
-    """Send a download's first request (bytes ``first..last`` of *url*) while *ahead* more
-    connections open to its host — or take over the head start that already did.
+    """Send a download's first request (bytes ``ranges[0]`` of *url*) while *ahead* more
+    connections open to its host and ask for the other *ranges* — or take over the head
+    start that already did.
 
     Raises:
         DownloadError: as the probe raises it (a busy answer is retried first).
         NotForTheDataPlane: a URL the data plane cannot send (probe it with httpx).
     """
-    key = EarlyKey.of(url, headers, options, first=first, last=last, ahead=ahead)
+    key = EarlyKey.of(url, headers, options, ranges=ranges, ahead=ahead)
     early = take_head_start(key) or EarlyStart(
-        url, headers, options, connect=connect, first=first, last=last, ahead=ahead
+        url, headers, options, connect=connect, ranges=ranges, ahead=ahead
     )
     policy = options.retry
     try:

@@ -37,7 +37,7 @@ from ..core.headers import (
 )
 from ..core.urls import HttpURL
 from ..engine.base import Engine, EventSink, Transfer, get_engine
-from ..engine.early import first_range
+from ..engine.early import opening_ranges
 from ..engine.native import NativeEngine
 from ..engine.options import Options, RetryPolicy
 from ..engine.target import finish_target, open_target, restart_target
@@ -236,16 +236,11 @@ async def warm_start(
     if not isinstance(engine, NativeEngine) or len(candidates) != 1:
         return None
     url, headers = candidates[0]
-    first, last = await trio.to_thread.run_sync(first_range, guess, options.piece_length)
+    ahead = engine.connections_for(options) - 1
+    ranges = await trio.to_thread.run_sync(opening_ranges, guess, options.piece_length, ahead)
     try:
         return await start_warm(
-            url,
-            headers,
-            options,
-            connect=engine.connect,
-            first=first,
-            last=last,
-            ahead=engine.connections_for(options) - 1,
+            url, headers, options, connect=engine.connect, ranges=ranges, ahead=ahead
         )
     except NotForTheDataPlane:
         return None

@@ -270,5 +270,4 @@ async def test_a_first_request_that_crawls_is_sent_again_on_an_open_connection(
         await segdl.download(range_server.url("/f.bin"), tmp_path, options=options)
     assert sha(tmp_path / "f.bin") == SHA
     first = f"bytes=0-{MIB - 1}"
-    assert seen[0] == first
     assert seen.count(first) == 2, seen  # the first request, and again on another connection

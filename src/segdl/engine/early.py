@@ -143,9 +143,9 @@ class Slot:
         finally:
             with self._lock:
                 self.ready.set()
-                cancelled, conn = self._cancelled, self.conn
-            if cancelled and conn is not None:
-                conn.close()
+                cancelled, made = self._cancelled, self.conn
+            if cancelled and made is not None:
+                made.close()
 
     def cancel(self) -> None:
         """Nobody will take it: abort what it is doing, close it (now, or as soon as its

@@ -72,7 +72,7 @@ class Ledger:
             claimed = self.pieces.claim(min_split, endgame, now=time.monotonic())
             # A slow range cut short with nothing left: its connection stops at once.
             losers = [self._fetching.get(i) for i in self.pieces.take_losers()]
-            self._stopped += len(losers)
+            self._stopped += sum(conn is not None for conn in losers)
         for conn in losers:
             if conn is not None:
                 conn.abort()
@@ -118,7 +118,7 @@ class Ledger:
         with self.lock:
             allowed = self.pieces.admit(assignment_id, nbytes)
             losers = [self._fetching.get(i) for i in self.pieces.take_losers()]
-            self._stopped += len(losers)
+            self._stopped += sum(conn is not None for conn in losers)
         for conn in losers:
             if conn is not None:
                 conn.abort()  # wakes its thread; the server stops sending it the range

@@ -215,13 +215,22 @@ class _FileDownload:
                     # asked for ahead are kept for their answers first.
                     asked = self._asked_ahead()
                     first = self._adopt_first(exact=bool(asked))
-                    starts: list[_Start] = [first] if first is not None else []
-                    starts += asked[: self.max_connections - len(starts)]
-                    while len(starts) < self.max_connections:
-                        starts.append(self.ledger.claim(self.options.min_split_size))
+                    heads: list[_Start] = [first] if first is not None else []
+                    heads += asked[: self.max_connections - len(heads)]
+                    # Then what is left, split between all of them: a worker with a response
+                    # in already goes on with its share when that one is done.
+                    shares = [
+                        self.ledger.claim(self.options.min_split_size)
+                        for _ in range(self.max_connections)
+                    ]
                     async with trio.open_nursery() as workers:
-                        for index, start in enumerate(starts):
-                            workers.start_soon(self._worker, index, workers.cancel_scope, start)
+                        for index, share in enumerate(shares):
+                            start, then = (
+                                (heads[index], share) if index < len(heads) else (share, None)
+                            )
+                            workers.start_soon(
+                                self._worker, index, workers.cancel_scope, start, then
+                            )
                 else:
                     try:
                         await self._stream_whole()
@@ -409,9 +418,16 @@ class _FileDownload:
                 return conn
         return self._new_connection(mirror)
 
-    async def _worker(self, index: int, workers: trio.CancelScope, start: _Start) -> None:
+    async def _worker(
+        self,
+        index: int,
+        workers: trio.CancelScope,
+        start: _Start,
+        then: Assignment | None = None,
+    ) -> None:
         """One connection's loop: claim, fetch, release; *start* is its first range (with
-        its response already in, for the warm start's first connection)."""
+        its response already in, for the warm start's first connections), *then* the range
+        it goes on with before it claims."""
         assert self.ledger is not None
         ledger = self.ledger
         policy = self.options.retry
@@ -437,6 +453,11 @@ class _FileDownload:
                     mirror = self.mirrors.pick(index)
                     conn = self._new_connection(mirror)
                     failures = 0
+                if assignment is None and then is not None:
+                    assignment, then = then, None
+                    if ledger.finished(assignment.id):  # taken by others meanwhile
+                        ledger.release(assignment.id)
+                        assignment = None
                 if assignment is None:
                     assignment = ledger.claim(
                         self.options.min_split_size, pace.endgame(reconnect=conn.aborted)
@@ -487,6 +508,8 @@ class _FileDownload:
                     policy.delay(failures, retry_after=retry_after, rand=self.rng.random())
                 )
         finally:
+            if then is not None:
+                ledger.release(then.id)
             conn.close()
             mirror.workers -= 1
 

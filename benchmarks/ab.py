@@ -9,7 +9,8 @@ drifts by tens of percent within an hour.  Each repetition runs every tool once,
 order that rotates, so no tool always goes first.  The paths are wan.py's (its helpers
 make them): the WAN relay (80 ms RTT, 6 MiB/s per connection) for 8, 64 and 256 MiB; nginx
 ``limit_rate 8m``, 256 MiB; the crawl (16 × 4 MiB/s, one connection at 8 KiB/s), 64 MiB;
-kill-and-resume (nginx ``limit_rate 2m``, 5 SIGKILLs at 0.3–1.5 s, then ``-c``), 256 MiB.
+kill-and-resume (nginx ``limit_rate 2m``, 5 SIGKILLs at 0.3–1.5 s, then ``-c``), 256 MiB;
+``cpu``: loopback HTTPS, 1 GiB, CPU-s per GiB.
 """
 
 from __future__ import annotations
@@ -204,6 +205,23 @@ def run_resume(ws: Workspace, reps: int, before: str, seed: int) -> list[str]:
     return table.rows("2 MiB/s/conn, 5 kills, 256 MiB", size, None, "served ÷ size")
 
 
+def run_cpu(ws: Workspace, ng: Nginx, reps: int, before: str) -> list[str]:
+    """Loopback HTTPS, 1 GiB into the destination: CPU-s per GiB (user + system)."""
+    size = 1024 * MIB
+    name = ws.file_for(size)
+    table = Table()
+    for rep in range(reps):
+        for tool in rotate(TOOLS, rep):
+            out = ws.fresh_out()
+            run = measure(
+                command(tool, ng.https_url(name), out, ws.pair.certfile, before), ws.work / "t"
+            )
+            ws.check(f"cpu {tool}", name, size)
+            table.add(tool, run, None if run is None else run.cpu)
+            print(f"cpu {tool} {run.cpu if run else 'cut'}", file=sys.stderr)
+    return table.rows("loopback HTTPS, 1 GiB", size, None, "CPU-s per GiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -248,6 +266,8 @@ def main() -> None:
                 elif scenario == "crawl":
                     rows = run_crawl(ws, ng, args.reps, args.before, args.crawl_timeout)
                     sections.append((scenario, rows))
+                elif scenario == "cpu":
+                    sections.append((scenario, run_cpu(ws, ng, args.reps, args.before)))
                 elif scenario == "resume":
                     sections.append((scenario, run_resume(ws, args.reps, args.before, args.seed)))
                 else:

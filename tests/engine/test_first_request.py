@@ -19,8 +19,10 @@ import trio
 import segdl
 from segdl.cli.main import main
 from segdl.core.events import Event, Progress
-from segdl.core.resume import pieces_from_control
-from segdl.io.files import read_control
+from segdl.core.pieces import PieceMap
+from segdl.core.resume import control_from_pieces, pieces_from_control
+from segdl.engine.early import opening_ranges
+from segdl.io.files import read_control, write_control
 from segdl.sources import civitai, gdrive, huggingface, mega
 from segdl.sources.sitehosts import SITE_HOSTS, may_be_a_site
 from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
@@ -271,3 +273,22 @@ async def test_a_first_request_that_crawls_is_sent_again_on_an_open_connection(
     assert sha(tmp_path / "f.bin") == SHA
     first = f"bytes=0-{MIB - 1}"
     assert seen.count(first) == 2, seen  # the first request, and again on another connection
+
+
+def test_what_a_download_opens_with(tmp_path: Path) -> None:
+    new = tmp_path / "new.bin"
+    # A new file: the first piece, then the next pieces for the connections opened ahead
+    # (all but a spare one).
+    pieces_of = [(i * MIB, (i + 1) * MIB - 1) for i in range(4)]
+    assert opening_ranges(new, MIB, 4) == pieces_of  # 4 opened ahead: 3 ask, 1 spare
+    assert opening_ranges(new, MIB, 0) == [(0, MIB - 1)]
+    # A partial: its first missing bytes only, from the end of the written prefix.
+    partial = tmp_path / "partial.bin"
+    pieces = PieceMap(5 * MIB, MIB, done=[0, 2], partial={1: 40_000})
+    partial.write_bytes(bytes(5 * MIB))
+    write_control(partial, control_from_pieces(pieces))
+    assert opening_ranges(partial, MIB, 15) == [(MIB + 32 * 1024, 2 * MIB - 1)]
+    # Someone's file, without resume state: one byte, its bytes are probably not wanted.
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"x")
+    assert opening_ranges(other, MIB, 15) == [(0, 0)]

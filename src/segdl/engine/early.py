@@ -421,8 +421,13 @@ def first_ranges(guess: Path, piece_length: int, count: int) -> list[tuple[int, 
 
 def opening_ranges(guess: Path, piece_length: int, ahead: int) -> list[tuple[int, int]]:
     """The ranges a download opens with: its first request's, then one for each connection
-    opened ahead but one (:func:`first_ranges`)."""
-    return first_ranges(guess, piece_length, 1 + max(0, ahead - 1))
+    opened ahead but one (:func:`first_ranges`) — for a new file only.  A resumed one asks
+    for its first missing piece alone: the pieces asked ahead arrive in a burst before
+    anything can be saved, and a run killed at its start (killed, resumed, killed…) would
+    fetch them again each time."""
+    ranges = first_ranges(guess, piece_length, 1 + max(0, ahead - 1))
+    resumed = ranges[0][0] > 0 or files.control_path(guess).exists()
+    return ranges[:1] if resumed else ranges
 
 
 # -- the head start of `segdl get URL` --------------------------------------------------------

@@ -54,7 +54,8 @@ class Options:
     ``ca_certificate``    extra CA bundle trusted for HTTPS
     ``connect_timeout``   seconds to establish a connection (aria2: 60)
     ``read_timeout``      seconds without a byte before a connection is retried (aria2: 60)
-    ``save_interval``     seconds between control-file saves (after an fsync of the data)
+    ``save_interval``     seconds between control-file saves (after an fsync of the data);
+                          the native engine also saves once 4 MiB arrived unsaved
     ``progress_interval`` seconds between progress events
     ``buffer_size``       bytes read per write; one buffer per connection
     ``compute_sha256``    hash the finished file and report it in the success event

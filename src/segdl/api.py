@@ -16,12 +16,11 @@ import trio
 
 from .core.events import Event, Failed, Success
 from .engine.base import EventSink
-from .engine.options import Options
+from .engine.options import ModelFileOptions, Options
 from .errors import DownloadError
 from .jobs.flow import run_download
 from .jobs.manager import DownloadHandle, DownloadManager, DownloadState, open_manager
 from .jobs.request import RequestArgs, build_request
-from .sources.modelfiles import ModelFileOptions
 
 __all__ = [
     "DownloadHandle",

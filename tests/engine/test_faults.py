@@ -16,7 +16,7 @@ import trio
 
 import segdl
 from segdl.core.controlfile import ControlFile
-from segdl.core.events import Event, Progress
+from segdl.core.events import Event, Progress, Started
 from segdl.io import records
 from segdl.testing.rangeserver import Fault, RangeServer, RequestInfo, Resource
 from segdl.testing.tls import CertPair, server_context
@@ -33,13 +33,19 @@ FAST = segdl.Options(
 )
 
 
+def is_probe(info: RequestInfo) -> bool:
+    """The download's first request (its probe, on a data connection: the only one asking
+    from byte 0), or an httpx probe."""
+    return info.range is None or info.range.startswith("bytes=0-")
+
+
 def on_data_requests(server: RangeServer, *faults: Fault) -> None:
-    """Hand *faults* out, in order, to data requests only (not to the bytes=0-0 probe)."""
+    """Hand *faults* out, in order, to data requests only (not to the probe)."""
     queue = list(faults)
     lock = threading.Lock()
 
     def hook(info: RequestInfo) -> Fault | None:
-        if info.range in (None, "bytes=0-0"):
+        if is_probe(info):
             return None
         with lock:
             return queue.pop(0) if queue else None
@@ -94,8 +100,13 @@ async def test_server_ignoring_ranges_falls_back_to_one_stream(
     await get(range_server, tmp_path)
     assert sha(tmp_path / "f.bin") == SHA
     gets = [r for r in range_server.requests if r.method == "GET"]
-    assert len(gets) == 2  # the probe (answered 200, body abandoned) and one stream
-    assert gets[1].range is None
+    # The first request asked for a range and got the whole file (200): that is the stream.
+    # (The connections opened meanwhile asked for ranges too, and were closed at their 200.)
+    first = f"bytes=0-{MIB - 1}"
+    (stream,) = [r for r in gets if r.range == first]
+    assert stream.status == 200
+    assert stream.body_bytes == len(BODY)
+    assert all(r.status == 200 for r in gets)
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -124,9 +135,7 @@ async def test_persistently_wrong_content_range_fails_without_a_wrong_file(
 ) -> None:
     range_server.add("/f.bin", Resource(body=BODY))
     range_server.on_request(
-        lambda info: (
-            Fault.wrong_content_range(shift=1) if info.range not in (None, "bytes=0-0") else None
-        )
+        lambda info: None if is_probe(info) else Fault.wrong_content_range(shift=1)
     )
     with pytest.raises(segdl.BadResponse) as info:
         await get(range_server, tmp_path)
@@ -176,7 +185,7 @@ async def test_404_and_401_are_clear_errors(
         await get(range_server, tmp_path, "/missing.bin")
     assert not_found.value.exit_code == 3
     range_server.add("/secret.bin", Resource(body=BODY))
-    range_server.inject(Fault.status(401))
+    range_server.on_request(lambda info: Fault.status(401))
     with pytest.raises(segdl.AuthError) as denied:
         await get(range_server, tmp_path, "/secret.bin")
     assert denied.value.exit_code == 24
@@ -311,11 +320,12 @@ async def test_remote_change_during_download_restarts(tmp_path: pathlib.Path) ->
 
         def on_event(event: Event) -> None:
             nonlocal swapped_at
-            if isinstance(event, Progress) and event.downloaded > MIB and swapped_at < 0:
+            if isinstance(event, Started) and swapped_at < 0:
+                # The first response (v1) is in; every other range is asked for after this.
                 server.add("/f.bin", Resource(body=new_body, etag='"v2"'))
                 swapped_at = len(server.requests)
 
-        # Two connections: the first to finish steals from the other, after the swap.
+        # Two connections: the second asks for its range after the swap.
         options = segdl.Options(connections=2, split=2, progress_interval=0.05)
         await segdl.download(server.url("/f.bin"), tmp_path, options=options, on_event=on_event)
         after = server.requests[swapped_at:]
@@ -351,9 +361,8 @@ async def test_not_enough_disk_space_is_refused_before_fetching(
 ) -> None:
     huge = 1 << 50
     range_server.add("/f.bin", Resource(body=BODY))
-    range_server.inject(
-        Fault.status(206, headers={"Content-Range": f"bytes 0-0/{huge}"}, body=b"x")
-    )
+    huge_head = Fault.status(206, headers={"Content-Range": f"bytes 0-0/{huge}"}, body=b"x")
+    range_server.on_request(lambda info: huge_head if is_probe(info) else None)
     with pytest.raises(segdl.DiskFull) as info:
         await get(range_server, tmp_path)
     assert info.value.exit_code == 9

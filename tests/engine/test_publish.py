@@ -211,9 +211,11 @@ async def test_a_checksum_mismatch_then_a_good_server_finishes_exact(
     assert (tmp_path / NAME).read_bytes() == NEW
     assert result.sha256 == sha256(NEW)
     assert listing(tmp_path) == [NAME]
-    # Fetched anew from the first byte, not re-verified from what was there.
+    # Fetched anew from the first byte, not re-verified from what was there (the native
+    # engine's probe, bytes=0-0, is its first request and its byte is kept: the data
+    # requests then begin at byte 1).
     fetched = data_requests(server, since)
-    assert any(r is None or r.startswith("bytes=0-") for r in fetched), fetched
+    assert any(r is None or r.startswith(("bytes=0-", "bytes=1-")) for r in fetched), fetched
 
 
 async def test_a_complete_partial_that_fails_its_checksum_is_downloaded_anew(

@@ -58,6 +58,7 @@ class FakeConnection:
         first: int | None = None,
         last: int | None = None,
         method: str = "GET",
+        any_status: bool = False,
     ) -> ResponseHead:
         failure = self.script.next()
         if failure is not None:
@@ -80,17 +81,23 @@ class FakeConnection:
         offset: int,
         commit: Callable[[int], int],
         *,
+        admit: Callable[[int], int] | None = None,
         until_eof: bool = False,
         transform: Transform | None = None,
     ) -> int:
         written = 0
         want = commit(0)
         while want:
+            if admit is not None:
+                want = admit(want)
             os.pwrite(fd, BODY[offset : offset + want], offset)
             offset += want
             written += want
             want = commit(want)
         return written
+
+    def connect(self) -> None:
+        pass
 
     def abort(self) -> None:
         self.aborted = True
@@ -100,7 +107,9 @@ class FakeConnection:
 
 
 def factory(script: Script) -> Callable[..., ConnectionLike]:
-    def connect(endpoint: Endpoint, options: Options, ssl_context: object) -> ConnectionLike:
+    def connect(
+        endpoint: Endpoint, options: Options, ssl_context: object, sessions: object = None
+    ) -> ConnectionLike:
         return FakeConnection(script)
 
     return connect

@@ -154,8 +154,9 @@ async def test_https_through_tinyproxy_connect_with_basic_auth(
     tunnels = re.findall(
         rf"Request \(file descriptor \d+\): CONNECT 127\.0\.0\.1:{server.port} ", proxy.log_text()
     )
-    # One tunnel per connection the origin saw: the probe's and every data connection's.
-    assert len(tunnels) == connections(server) >= 3
+    # A tunnel for every connection the origin saw (the probe's and every data connection's);
+    # a connection opened ahead and never needed was a tunnel too.
+    assert len(tunnels) >= connections(server) >= 3
 
 
 async def test_plain_http_through_squid_in_absolute_form(
@@ -169,7 +170,8 @@ async def test_plain_http_through_squid_in_absolute_form(
     lines = [line for line in proxy.log_text().splitlines() if f" GET {url} {USER} " in line]
     # squid logs each request it forwarded, with the user it authenticated.
     assert len(lines) == len(origin.requests) >= 3
-    assert all("/206 " in line for line in lines)
+    # 416: pieces asked for ahead, before the size was known, beyond the end of a small file.
+    assert all("/206 " in line or "/416 " in line for line in lines)
     # The origin was asked in origin form by squid: the request target segdl sent was absolute.
     assert all(r.path == "/model.safetensors" for r in origin.requests)
 
@@ -186,7 +188,8 @@ async def test_through_microsocks_with_a_password(
     assert_all_through(origin, proxy)
     sent = "localhost" if scheme == "socks5h" else "127.0.0.1"
     made = re.findall(rf"connected to {sent}:{origin.port}$", proxy.log_text(), re.M)
-    assert len(made) == connections(origin) >= 3
+    # Every connection the origin saw was made by the proxy (and one opened ahead, unneeded).
+    assert len(made) >= connections(origin) >= 3
 
 
 async def test_a_site_api_call_goes_through_the_proxy(

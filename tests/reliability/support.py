@@ -204,8 +204,10 @@ def fault_kind(fault: Fault) -> str:
 
 
 def is_data_request(info: RequestInfo) -> bool:
-    """A request for file bytes: a GET with a Range other than the probe's ``bytes=0-0``."""
-    return info.method == "GET" and info.range is not None and info.range != "bytes=0-0"
+    """A request for file bytes that is not a new download's probe: a GET with a Range that
+    does not start at byte 0 (the probe asks from byte 0: ``bytes=0-0`` on httpx, the first
+    piece when the first request is sent on a data connection)."""
+    return info.method == "GET" and info.range is not None and not info.range.startswith("bytes=0-")
 
 
 def data_requests(server: RangeServer, since: int = 0) -> list[str]:
@@ -231,7 +233,9 @@ def refetched(server: RangeServer, since: int, claimed: list[tuple[int, int]]) -
 
 
 def data_bytes_served(server: RangeServer, since: int = 0) -> int:
-    return sum(r.body_bytes for r in server.requests[since:] if r.range != "bytes=0-0")
+    """Body bytes of every ranged answer: a probe's byte counts too (sent on a data
+    connection, the first request's body is written into the file)."""
+    return sum(r.body_bytes for r in server.requests[since:] if r.range is not None)
 
 
 # -- files ----------------------------------------------------------------------------------

@@ -452,7 +452,8 @@ def scripted_answer(request: RawRequest, lie: Lie) -> bytes:
 
 
 def is_probe(request: RawRequest) -> bool:
-    return request.headers.get("range") == "bytes=0-0"
+    # The download's first request is its probe: it asks from byte 0 (the only one that does).
+    return (request.headers.get("range") or "").startswith("bytes=0-")
 
 
 @dataclass

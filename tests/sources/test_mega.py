@@ -201,7 +201,11 @@ async def test_bandwidth_limit_on_the_data_connections_is_server_busy(
             if isinstance(event, segdl.Started):
                 fake.over_quota_seconds = 60
 
-        options = segdl.Options(retry=segdl.RetryPolicy(max_tries=2, base_delay=0.01))
+        # Two connections: no piece is asked for ahead of the probe, so the data requests
+        # come after Started (and after the quota ran out).
+        options = segdl.Options(
+            connections=2, split=2, retry=segdl.RetryPolicy(max_tries=2, base_delay=0.01)
+        )
         with pytest.raises(segdl.ServerBusy) as info:
             await segdl.download(file.link(), source_env, options=options, on_event=on_event)
     assert info.value.exit_code == 29

@@ -17,11 +17,11 @@ from helpers import files_in, prepare_source_env
 
 import segdl
 from segdl.cli.main import main
+from segdl.engine.options import ModelFileOptions
 from segdl.jobs.hashindex import ModelIndex, place_model_copy
 from segdl.jobs.modelfolder import find_existing_model
 from segdl.sources.base import DownloadPlan, SourceConfig
 from segdl.sources.modelfiles import (
-    ModelFileOptions,
     folder_for_record,
     published_digest,
     write_model_metadata,

@@ -12,23 +12,24 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
-import trio
-
-from ..batch import BatchJob, BatchResult, check_targets, download_batch, load_input_file
-from ..core.checksum import Checksum, parse_checksum
-from ..core.events import Event, Failed, Success, Warned
 from ..core.folders import AUTO, model_folder
-from ..core.inputfile import InputFileError
 from ..core.sizes import parse_size
-from ..engine.options import Options, RetryPolicy
-from ..engine.throttle import RateLimit
+from ..engine.options import ModelFileOptions, Options, RetryPolicy
 from ..errors import DownloadError, FileExists
 from ..server.cli import add_proxy_arguments, add_serve_arguments, proxies_from_args, run_serve
-from ..sources.modelfiles import ModelFileOptions
-from .batchprogress import BatchReporter, BatchView, LiveDisplay
-from .progressbar import ProgressBar, format_bytes
+from . import headstart
+
+if TYPE_CHECKING:
+    from ..batch import BatchJob, BatchResult
+    from ..core.checksum import Checksum
+    from ..core.events import Event
+    from ..engine.throttle import RateLimit
+    from .progressbar import ProgressBar
+
+# The rest (trio, the engine, httpx, the sources, the batch display) is imported where it is
+# used, after `segdl get` has sent its first request (see .headstart).
 
 EXIT_OK = 0
 EXIT_UNKNOWN = 1
@@ -200,6 +201,9 @@ class _Reporter:
     bar: ProgressBar | None = None
 
     def __call__(self, download_id: int, event: Event) -> None:
+        from ..core.events import Failed, Success, Warned
+        from .progressbar import format_bytes
+
         if self.json_lines:
             data = event.to_dict()
             self.stdout.write(json.dumps(data) + "\n")
@@ -228,6 +232,8 @@ async def _run_batch(
     on_event: Callable[[int, Event], None],
     model_files: ModelFileOptions,
 ) -> BatchResult:
+    from ..batch import download_batch
+
     return await download_batch(
         jobs,
         max_concurrent=args.max_concurrent_downloads,
@@ -277,6 +283,10 @@ class _UsageError(Exception):
 
 def _collect_jobs(args: argparse.Namespace) -> list[BatchJob]:
     """The URLs given as arguments (one file, mirrors), then the input file's entries."""
+    from ..batch import BatchJob, check_targets, load_input_file
+    from ..core.checksum import parse_checksum
+    from ..core.inputfile import InputFileError
+
     try:
         checksum = parse_checksum(args.checksum) if args.checksum else None
     except ValueError as exc:
@@ -330,6 +340,12 @@ def cmd_get(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             args.dir = os.path.join(args.dir, model_folder(args.type))
         except ValueError as exc:
             raise _UsageError(str(exc)) from exc
+    headstart.begin(args, options)
+    import trio
+
+    from ..engine.throttle import RateLimit
+    from .batchprogress import BatchReporter, BatchView, LiveDisplay
+
     jobs = _collect_jobs(args)
 
     # One RateLimit shared by every connection of every download: an overall limit.
@@ -360,6 +376,8 @@ def _get_one(
     model_files: ModelFileOptions,
 ) -> int:
     """``segdl get URL``: a one-line bar, a completion line, one error line."""
+    from .progressbar import ProgressBar
+
     report = _Reporter(
         json_lines=args.json,
         quiet=args.quiet,
@@ -370,6 +388,8 @@ def _get_one(
 
     def on_event(index: int, event: Event) -> None:
         report(index + 1, event)
+
+    import trio
 
     result = trio.run(_run_batch, jobs, options, args, limits, on_event, model_files)
     for outcome in result.failed:

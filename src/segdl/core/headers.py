@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC
-from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 __all__ = [
@@ -226,6 +225,9 @@ def parse_retry_after(value: str, *, now: float) -> float | None:
         if len(text) > 6:
             return MAX_RETRY_AFTER
         return min(float(int(text)), MAX_RETRY_AFTER)
+    # Imported here: email.utils costs a download's start-up ~10 ms, and dates are rare.
+    from email.utils import parsedate_to_datetime
+
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -14,10 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import BadResponse, RemoteChanged
-from .headers import ContentRange
+from ..errors import BadResponse, RemoteChanged, status_error
+from .headers import ContentRange, HeaderError, parse_content_range, parse_retry_after
 
-__all__ = ["Expected", "ResponseHead", "check_range_response", "check_stream_response"]
+__all__ = [
+    "Expected",
+    "FirstAnswer",
+    "ResponseHead",
+    "check_first_response",
+    "check_range_response",
+    "check_stream_response",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +125,90 @@ def check_stream_response(expected: Expected, head: ResponseHead) -> None:
     size = expected.size
     if size is not None and head.content_length is not None and head.content_length != size:
         raise RemoteChanged("the file changed size since it was probed", url=expected.url)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstAnswer:
+    """What a download's first response says of the file, and of its own body.
+
+    ``size`` and ``accepts_ranges`` as a probe learns them; the body holds the file's bytes
+    ``[body_first, body_end)`` (``body_end`` None: up to the end of the file, whose size is
+    not known) when ``body_usable``.
+    """
+
+    size: int | None
+    accepts_ranges: bool
+    body_first: int
+    body_end: int | None
+    body_usable: bool
+
+
+def check_first_response(
+    head: ResponseHead, *, first: int, last: int, url: str, host: str, now: float
+) -> FirstAnswer:
+    """Read the answer to a download's first request, ``Range: bytes=first-last``, which is
+    also its probe: the file's size and whether ranges work, as the control plane's probe
+    reads them, and whether its body can be written into the file.
+
+    A ``206`` is held to :func:`check_range_response` for the range it must hold (the bytes
+    asked for, cut at the end of the file); a ``200`` is the whole file, without ranges.
+
+    Raises:
+        HTTPStatusError: an error status (416 only when the file is not empty).
+        BadResponse: any other status, or a 206 that is not the bytes asked for.
+    """
+    status = head.status
+    # An empty file cannot satisfy any range: 416 with "bytes */0" (RFC 9110 §15.5.17).
+    raw_range = head.headers.get("content-range", "").replace(" ", "").lower()
+    if status == 416 and raw_range == "bytes*/0":
+        return FirstAnswer(0, False, 0, 0, False)
+    if status >= 400:
+        retry = head.headers.get("retry-after")
+        raise status_error(
+            status,
+            head.reason,
+            url=url,
+            retry_after=parse_retry_after(retry, now=now) if retry else None,
+        )
+    if status not in (200, 206):
+        raise BadResponse(f"unexpected HTTP {status} from {host}", url=url)
+    if status == 200:
+        encoded = head.headers.get("content-encoding", "identity").lower() not in ("", "identity")
+        size = None if encoded else head.content_length
+        if "content-range" in head.headers and not _whole(head.headers["content-range"], size):
+            # A 200 is the whole file, yet this one says it holds a part of it: its body is
+            # written as the file, so such a contradiction is refused (the separate probe
+            # of old caught it when the next request disagreed on the size).
+            raise BadResponse(
+                f"{host} answered a range request with HTTP 200 and a partial Content-Range",
+                url=url,
+            )
+        return FirstAnswer(size, False, 0, size, not encoded)
+    rng = head.content_range
+    if rng is None or rng.first != first:
+        raise BadResponse(f"206 without a usable Content-Range from {host}", url=url)
+    size = rng.complete_length
+    if size is None:
+        # Ranges without a known length cannot be split or resumed: one stream instead.
+        return FirstAnswer(None, False, first, None, False)
+    if rng.last > min(last, size - 1):
+        raise BadResponse(
+            f"{host} sent bytes {rng.first}-{rng.last} for a request of {first}-{last}", url=url
+        )
+    # Fewer bytes than asked for are still those bytes (the old probe asked for one).
+    check_range_response(
+        Expected(url=url, host=host, size=size, etag=head.etag, last_modified=head.last_modified),
+        head,
+        first,
+        rng.last,
+    )
+    return FirstAnswer(size, True, first, rng.last + 1, True)
+
+
+def _whole(content_range: str, size: int | None) -> bool:
+    """Whether a Content-Range names every byte of a body of *size* bytes."""
+    try:
+        rng = parse_content_range(content_range)
+    except HeaderError:
+        return False
+    return size is not None and (rng.first, rng.last + 1, rng.complete_length) == (0, size, size)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..core.events import Event
 from ..errors import DownloadError
 from ..io.dataplane import Transform
-from ..io.probe import ProbeResult
+from ..io.remote import ProbeResult
 from .options import Options
 from .target import Target
 from .throttle import RateLimit
+
+if TYPE_CHECKING:
+    from .warm import WarmStart
 
 __all__ = [
     "ENGINE_NAMES",
@@ -44,6 +47,8 @@ class Transfer:
     top); ``transform`` rewrites each chunk in place before it is written (MEGA decryption);
     ``renew`` gets a fresh link when the primary URL is a site's signed link that expired
     (None: a URL the user gave, never renewed).
+    ``warm``: the download's first response and connections opened ahead (:mod:`.warm`), for
+    the native engine to adopt (other engines leave it; the flow closes what is left).
     """
 
     probe: ProbeResult
@@ -54,11 +59,13 @@ class Transfer:
     limits: tuple[RateLimit, ...] = ()
     transform: Transform | None = None
     renew: Renew | None = None
+    warm: WarmStart | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TransferResult:
     checksum_verified: bool = False  # the engine checked ``options.checksum`` itself
+    duplicate_bytes: int = 0  # received twice in the endgame (the loser's, never written)
 
 
 class Engine(Protocol):

@@ -27,8 +27,8 @@ from ..errors import (
     NetworkError,
     RemoteChanged,
 )
-from ..io.dataplane import Endpoint
-from ..io.probe import ProbeResult
+from ..io.dataplane import Endpoint, TLSSessions
+from ..io.remote import ProbeResult
 from ..io.tls import client_context
 from .options import Options
 
@@ -57,6 +57,7 @@ class Mirror:
     endpoint: Endpoint
     ssl_context: ssl.SSLContext | None
     primary: bool
+    sessions: TLSSessions | None = None  # the TLS sessions its connections share
     dropped: DownloadError | None = None
     received: int = 0  # bytes fetched from it (under the ledger's lock)
     workers: int = 0  # workers currently using it
@@ -68,10 +69,20 @@ class Mirror:
     renewals_without_progress: int = 0
 
     @classmethod
-    def create(cls, probe: ProbeResult, options: Options, *, primary: bool) -> Mirror:
+    def create(
+        cls,
+        probe: ProbeResult,
+        options: Options,
+        *,
+        primary: bool,
+        sessions: TLSSessions | None = None,
+    ) -> Mirror:
         endpoint = Endpoint.from_url(probe.url)
-        context = client_context(options.ca_certificate) if endpoint.scheme == "https" else None
-        return cls(probe, endpoint, context, primary)
+        https = endpoint.scheme == "https"
+        context = client_context(options.ca_certificate) if https else None
+        if https and sessions is None:
+            sessions = TLSSessions()
+        return cls(probe, endpoint, context, primary, sessions if https else None)
 
     def count(self, nbytes: int) -> None:
         """Bytes fetched from this mirror (called under the ledger's lock)."""
@@ -82,6 +93,12 @@ class Mirror:
     def renewed(self, probe: ProbeResult, options: Options) -> None:
         """Fetch from *probe*'s URL from now on (a fresh link of the same file)."""
         fresh = Mirror.create(probe, options, primary=self.primary)
+        same_server = (fresh.endpoint.host, fresh.endpoint.port) == (
+            self.endpoint.host,
+            self.endpoint.port,
+        )
+        if not same_server:
+            self.sessions = fresh.sessions  # TLS sessions resume on their own server only
         self.probe, self.endpoint, self.ssl_context = fresh.probe, fresh.endpoint, fresh.ssl_context
         self.generation += 1
         self.renewals_without_progress += 1
@@ -101,7 +118,8 @@ class Mirror:
 
 class MirrorSet:
     """The mirrors of one download.  *lock* guards ``received`` (the ledger's lock);
-    *on_change* wakes idle workers when a mirror is dropped."""
+    *on_change* wakes idle workers when a mirror is dropped; *primary_sessions*: the TLS
+    sessions the primary's first connections (a warm start's) already hold."""
 
     def __init__(
         self,
@@ -112,8 +130,9 @@ class MirrorSet:
         lock: threading.Lock,
         on_change: Callable[[], None],
         renew: Callable[[], Awaitable[ProbeResult]] | None = None,
+        primary_sessions: TLSSessions | None = None,
     ) -> None:
-        self.mirrors = [Mirror.create(primary, options, primary=True)]
+        self.mirrors = [Mirror.create(primary, options, primary=True, sessions=primary_sessions)]
         self.mirrors += [Mirror.create(m, options, primary=False) for m in others]
         self._lock = lock
         self._on_change = on_change

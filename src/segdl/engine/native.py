@@ -2,9 +2,18 @@
 
 Structure: one nursery per file holds a worker task per connection, a progress task and a
 save task.  A worker loops: claim a range from the piece map (:mod:`segdl.core.pieces`, behind
-the :class:`~.ledger.Ledger`'s lock), fetch it in a worker thread (:mod:`segdl.io.dataplane`),
-release it.  Every response is held to :func:`segdl.core.responses.check_range_response`
+the :class:`~.ledger.Ledger`'s lock), fetch it in a worker thread (:mod:`segdl.io.dataplane`)
+as a series of closed requests sized to about :data:`REQUEST_SECONDS` of the connection's
+rate, release it.  Every response is held to :func:`segdl.core.responses.check_range_response`
 before its body is written.  The URLs of the file and their health are :mod:`.mirrors`'.
+
+A download begun by :mod:`.warm` hands the engine its first response (whose body is still in
+the socket: it becomes the first worker's range) and connections already open to the host.
+
+The endgame: a worker that finds nothing to claim while others still fetch polls every
+:data:`ENDGAME_POLL` seconds, and may get a twin of a range that is far slower than it would
+be (:class:`~segdl.core.pieces.Endgame`); the first of the pair to deliver wins and the
+ledger aborts the other.
 
 Cancellation: a thread blocked in ``recv`` cannot see trio's cancel, so every fetch runs
 beside a watcher task that aborts the connection (shuts the socket down) when the scope is
@@ -13,20 +22,19 @@ cancelled; the thread returns at once and the state is saved under a shielded, b
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-import ssl
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import replace
-from typing import Protocol
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import trio
 
 from ..core.events import Progress
-from ..core.pieces import Assignment
+from ..core.pieces import Assignment, Endgame
 from ..core.progress import MIB, RateMeter
-from ..core.proxyrules import ProxySettings
 from ..core.responses import ResponseHead, check_range_response, check_stream_response
 from ..errors import (
     AuthError,
@@ -38,67 +46,36 @@ from ..errors import (
     RemoteChanged,
 )
 from ..io import files
-from ..io.connect import Connector
-from ..io.dataplane import Connection, Endpoint, Transform
+from ..io.dataplane import MIN_CHUNK
 from .base import Transfer, TransferResult
+from .connections import ConnectionFactory, ConnectionLike, open_connection
+from .early import Slot
 from .ledger import Ledger
 from .mirrors import Mirror, MirrorSet
 from .options import Options
 from .throttle import RateLimit, chunk_for_limits, wait_for_limits
+from .warm import WarmStart
 
 __all__ = ["ConnectionFactory", "ConnectionLike", "NativeEngine"]
 
-
-class ConnectionLike(Protocol):
-    """What the engine needs of a data connection (:class:`Connection`, or a test fake)."""
-
-    @property
-    def aborted(self) -> bool: ...
-
-    def request(
-        self,
-        *,
-        headers: Mapping[str, str],
-        first: int | None = None,
-        last: int | None = None,
-        method: str = "GET",
-    ) -> ResponseHead: ...
-
-    def stream_into_file(
-        self,
-        fd: int,
-        offset: int,
-        commit: Callable[[int], int],
-        *,
-        until_eof: bool = False,
-        transform: Transform | None = None,
-    ) -> int: ...
-
-    def abort(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-ConnectionFactory = Callable[[Endpoint, Options, "ssl.SSLContext | None"], ConnectionLike]
-
-
-def _open_connection(
-    endpoint: Endpoint, options: Options, ssl_context: ssl.SSLContext | None
-) -> ConnectionLike:
-    return Connection(
-        endpoint,
-        ssl_context=ssl_context,
-        connect_timeout=options.connect_timeout,
-        read_timeout=options.read_timeout,
-        buffer_size=options.buffer_size,
-        connector=Connector(
-            proxies=options.proxies or ProxySettings(), policy=options.destinations
-        ),
-    )
-
+log = logging.getLogger("segdl")
 
 # How long cleanup (closing, saving the control file) may take once cancelled.
 CLEANUP_TIMEOUT = 10.0
+# A request asks for about this many seconds of its connection's recent rate: long enough
+# that the round trip between two requests costs a few percent, short enough that an abort,
+# a steal or a crash leaves little sent for nothing.  A connection's first request, its rate
+# unknown, asks for FIRST_REQUEST (a range of 16 of a 64 MiB file: one request each); none
+# is larger than MAX_REQUEST.
+REQUEST_SECONDS = 3.0
+FIRST_REQUEST = 4 * MIB
+MAX_REQUEST = 64 * MIB
+# An idle worker looks for endgame work this often while others still fetch.
+ENDGAME_POLL = 0.25
+# The state is saved every save_interval, or once this much arrived unsaved (looked at every
+# SAVE_CHECK seconds): what a crash loses is bounded in time and in bytes.
+SAVE_VOLUME = 4 * MIB
+SAVE_CHECK = 0.05
 
 
 class NativeEngine:
@@ -107,10 +84,19 @@ class NativeEngine:
     *connect* opens data connections (tests pass fakes).
     """
 
-    def __init__(self, *, single: bool = False, connect: ConnectionFactory = _open_connection):
+    def __init__(self, *, single: bool = False, connect: ConnectionFactory = open_connection):
         self.name = "single" if single else "native"
         self._single = single
         self._connect = connect
+
+    @property
+    def connect(self) -> ConnectionFactory:
+        """How this engine opens data connections (a warm start opens them the same way)."""
+        return self._connect
+
+    def connections_for(self, options: Options) -> int:
+        """Data connections this engine opens for one URL with *options*."""
+        return 1 if self._single else options.max_connections
 
     def check(self, transfer_needs_transform: bool) -> None:
         pass  # always installed, and rewrites chunks in flight (MEGA)
@@ -119,8 +105,9 @@ class NativeEngine:
         options = job.options
         if self._single:
             options = replace(options, connections=1, split=1)
-        await _FileDownload(job, options, self._connect).run()
-        return TransferResult()
+        download = _FileDownload(job, options, self._connect)
+        await download.run()
+        return TransferResult(duplicate_bytes=download.duplicate_bytes)
 
 
 def _retryable(exc: DownloadError) -> bool:
@@ -129,6 +116,52 @@ def _retryable(exc: DownloadError) -> bool:
     if isinstance(exc, HTTPStatusError):
         return exc.status >= 500 or exc.status in (408, 429)
     return isinstance(exc, (NetworkError, BadResponse))
+
+
+class _Pace:
+    """One connection's recent speed: sizes its requests, and tells the endgame how fast an
+    idle connection would be.  Used by one worker at a time."""
+
+    def __init__(self) -> None:
+        self.rate = 0.0  # bytes per second while a body flows
+        self.latency = 0.0  # seconds from sending a request to its head (about one RTT)
+
+    def request_size(self, piece_length: int) -> int:
+        if self.rate <= 0:
+            return max(piece_length, FIRST_REQUEST)
+        return int(min(MAX_REQUEST, max(piece_length, self.rate * REQUEST_SECONDS)))
+
+    def heard(self, seconds: float) -> None:
+        self.latency = seconds if self.latency == 0 else 0.7 * self.latency + 0.3 * seconds
+
+    def moved(self, nbytes: int, seconds: float) -> None:
+        if nbytes <= 0 or seconds <= 0:
+            return
+        rate = nbytes / seconds
+        self.rate = rate if self.rate == 0 else 0.5 * self.rate + 0.5 * rate
+
+    def endgame(self, *, reconnect: bool) -> Endgame:
+        # Before its first byte an idle connection pays a request (and perhaps a handshake).
+        setup = max(0.1, (4 if reconnect else 2) * self.latency)
+        # A range that wrote nothing for this long has stalled: a few of its smallest chunks
+        # at our speed (chunks shrink to MIN_CHUNK on a slow connection).
+        stall = max(1.0, 4 * MIN_CHUNK / self.rate) if self.rate > 0 else 2.0
+        return Endgame(now=time.monotonic(), rate=self.rate, setup=setup, stall=stall)
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A connection the warm start opened ahead, which asked for a range before the size was
+    known, and the assignment kept for its answer (None: those bytes are not wanted)."""
+
+    slot: Slot
+    assignment: Assignment | None
+
+
+# A worker's start: its first range, with the connection whose response to it is already in
+# (the warm start's first request), or a connection that asked ahead, or just the range, or
+# nothing yet.
+_Start = tuple[Assignment, ConnectionLike] | _Asked | Assignment | None
 
 
 class _FileDownload:
@@ -145,6 +178,7 @@ class _FileDownload:
         self.path = job.target.path
         self.options = options
         self.emit = job.emit
+        self.warm: WarmStart | None = job.warm
         self.fd = -1
         self.fatal: DownloadError | None = None
         self.changed = trio.Event()
@@ -158,12 +192,14 @@ class _FileDownload:
             lock=self.ledger.lock if self.ledger is not None else threading.Lock(),
             on_change=self._notify,
             renew=job.renew,
+            primary_sessions=self.warm.sessions if self.warm is not None else None,
         )
         # aria2: -s connections in all, at most -x to each server.
         self.max_connections = min(options.split, options.connections * len(self.mirrors))
         self.limiter = trio.CapacityLimiter(self.max_connections)
         self.streamed = 0  # bytes of a no-range stream
         self.stream_connections = 0
+        self.duplicate_bytes = 0
 
     # -- the whole file ------------------------------------------------------------------
 
@@ -175,9 +211,27 @@ class _FileDownload:
                 nursery.start_soon(self._progress_loop)
                 if self.ledger is not None:
                     nursery.start_soon(self._save_loop)
+                    # Every worker's first range is claimed before any starts (16 halvings of
+                    # the file), not when its connection happens to be ready; the ranges
+                    # asked for ahead are kept for their answers first.
+                    asked = self._asked_ahead()
+                    first = self._adopt_first(exact=bool(asked))
+                    heads: list[_Start] = [first] if first is not None else []
+                    heads += asked[: self.max_connections - len(heads)]
+                    # Then what is left, split between all of them: a worker with a response
+                    # in already goes on with its share when that one is done.
+                    shares = [
+                        self.ledger.claim(self.options.min_split_size)
+                        for _ in range(self.max_connections)
+                    ]
                     async with trio.open_nursery() as workers:
-                        for index in range(self.max_connections):
-                            workers.start_soon(self._worker, index, workers.cancel_scope)
+                        for index, share in enumerate(shares):
+                            start, then = (
+                                (heads[index], share) if index < len(heads) else (share, None)
+                            )
+                            workers.start_soon(
+                                self._worker, index, workers.cancel_scope, start, then
+                            )
                 else:
                     try:
                         await self._stream_whole()
@@ -193,6 +247,9 @@ class _FileDownload:
             await trio.to_thread.run_sync(files.fsync_file, self.fd)
             self._emit_progress_final()
         finally:
+            if self.warm is not None:
+                self.warm.close()  # what no worker took
+            self._report_endgame()
             with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                 await trio.to_thread.run_sync(self._close_and_save)
 
@@ -221,10 +278,19 @@ class _FileDownload:
         return encoded
 
     async def _save_loop(self) -> None:
+        """Save every ``save_interval``, and sooner once SAVE_VOLUME bytes arrived unsaved
+        (a server's burst at the start of its responses brings megabytes in a blink)."""
+        assert self.ledger is not None
         previous: bytes | None = None
+        saved_at, saved_bytes = trio.current_time(), self.ledger.counters()[0]
+        step = min(SAVE_CHECK, self.options.save_interval)
         while True:
-            await trio.sleep(self.options.save_interval)
-            previous = await trio.to_thread.run_sync(self._save, self.fd, previous)
+            await trio.sleep(step)
+            downloaded, _ = self.ledger.counters()
+            due = trio.current_time() - saved_at >= self.options.save_interval
+            if due or downloaded - saved_bytes >= SAVE_VOLUME:
+                saved_at, saved_bytes = trio.current_time(), downloaded
+                previous = await trio.to_thread.run_sync(self._save, self.fd, previous)
 
     async def _progress_loop(self) -> None:
         meter = RateMeter(
@@ -265,14 +331,119 @@ class _FileDownload:
             )
         )
 
+    def _report_endgame(self) -> None:
+        if self.ledger is None:
+            return
+        stats = self.ledger.statistics()
+        self.duplicate_bytes = stats.duplicate_bytes
+        if stats.cuts or stats.twins:
+            log.info(
+                "endgame: %d slow range(s) cut short, %d twin(s), %d connection(s) stopped, "
+                "%d bytes received twice",
+                stats.cuts,
+                stats.twins,
+                stats.stopped,
+                stats.duplicate_bytes,
+            )
+
     # -- segmented workers ---------------------------------------------------------------
 
-    async def _worker(self, index: int, workers: trio.CancelScope) -> None:
+    def _adopt_first(self, *, exact: bool) -> tuple[Assignment, ConnectionLike] | None:
+        """The warm start's first response, as the first worker's range: its body is the
+        bytes the download would fetch first, unless the target already has them.  *exact*:
+        the range ends with the response (requests sent ahead own what follows)."""
+        assert self.ledger is not None
+        taken = self.warm.take_first() if self.warm is not None else None
+        if taken is None:
+            return None
+        response, conn = taken
+        answer = response.answer
+        adopted = None
+        if answer.body_usable and answer.body_end is not None:
+            adopted = self.ledger.claim_at(answer.body_first, answer.body_end, exact=exact)
+        if adopted is None:
+            conn.close()
+            return None
+        return adopted, conn
+
+    def _asked_ahead(self) -> list[_Asked]:
+        """The connections opened ahead that asked for a range, each with the assignment
+        its answer will fill (if the file has those bytes and the target lacks them)."""
+        assert self.ledger is not None
+        warm = self.warm
+        preconnects = warm.preconnects if warm is not None else None
+        if preconnects is None or preconnects.endpoint != self.mirrors.primary.endpoint:
+            return []
+        asked = []
+        for slot in preconnects.pop_asking():
+            assert slot.ask is not None
+            first, last, _ = slot.ask
+            asked.append(_Asked(slot, self.ledger.claim_at(first, last + 1, exact=True)))
+        return asked
+
+    async def _take_asked(
+        self, asked: _Asked, mirror: Mirror
+    ) -> tuple[Assignment | None, ConnectionLike, bool]:
+        """A connection that asked ahead: its assignment and connection, with its answer
+        adopted (True) when it is exactly those bytes of this version; otherwise its range
+        goes back to the map and a fresh connection is opened."""
+        assert self.ledger is not None
+        slot, a = asked.slot, asked.assignment
+        try:
+            await trio.to_thread.run_sync(slot.ready.wait, abandon_on_cancel=True)
+        except BaseException:
+            slot.cancel()
+            raise
+        conn, answer = slot.conn, slot.speculation
+        if conn is not None and answer is not None and a is not None:
+            try:
+                check_range_response(mirror.expected, answer.head, answer.first, a.reserved - 1)
+                return a, conn, True
+            except DownloadError:
+                pass  # past the end (416), a 200, another version: the answer is not used
+        if conn is not None:
+            conn.close()
+        if a is not None:
+            self.ledger.release(a.id)
+            self._notify()
+        return None, self._new_connection(mirror), False
+
+    async def _first_connection(self, mirror: Mirror) -> ConnectionLike:
+        """A connection opened ahead by the warm start when there is one for *mirror*."""
+        warm = self.warm
+        preconnects = warm.preconnects if warm is not None else None
+        if mirror.primary and preconnects is not None and preconnects.endpoint == mirror.endpoint:
+            assert warm is not None
+            conn = await warm.take_connection()
+            if conn is not None:
+                return conn
+        return self._new_connection(mirror)
+
+    async def _worker(
+        self,
+        index: int,
+        workers: trio.CancelScope,
+        start: _Start,
+        then: Assignment | None = None,
+    ) -> None:
+        """One connection's loop: claim, fetch, release; *start* is its first range (with
+        its response already in, for the warm start's first connections), *then* the range
+        it goes on with before it claims."""
         assert self.ledger is not None
         ledger = self.ledger
         policy = self.options.retry
         mirror = self.mirrors.pick(index)
-        conn = self._new_connection(mirror)
+        pace = _Pace()
+        assignment: Assignment | None
+        adopted = False  # the assignment's first response is already in (the warm start's)
+        if isinstance(start, tuple):
+            assignment, conn = start
+            adopted = True
+        elif isinstance(start, _Asked):
+            assignment, conn, adopted = await self._take_asked(start, mirror)
+        else:
+            assignment = start
+            conn = await self._first_connection(mirror)
         generation = mirror.generation  # the link this connection was opened for
         expired: DownloadError | None = None
         failures = 0
@@ -291,31 +462,47 @@ class _FileDownload:
                     conn.close()
                     conn = self._new_connection(mirror)
                     generation = mirror.generation
-                assignment = ledger.claim(self.options.min_split_size)
+                if assignment is None and then is not None:
+                    assignment, then = then, None
+                    if ledger.finished(assignment.id):  # taken by others meanwhile
+                        ledger.release(assignment.id)
+                        assignment = None
+                if assignment is None:
+                    assignment = ledger.claim(
+                        self.options.min_split_size, pace.endgame(reconnect=conn.aborted)
+                    )
+                    if assignment is not None:
+                        self._notify()  # idle peers may split what was just taken
                 if assignment is None:
                     _, active = ledger.counters()
                     if active == 0:
                         return
-                    # Someone is still working: their range comes back here if they fail.
-                    await self.changed.wait()
+                    # Someone is still working: their range comes back here if they fail,
+                    # and a range that turns out slow is worth a twin.
+                    with trio.move_on_after(ENDGAME_POLL):
+                        await self.changed.wait()
                     continue
-                before = assignment.position
+                a, assignment = assignment, None
+                before = a.position
                 try:
                     if conn.aborted:
                         conn.close()
                         conn = self._new_connection(mirror)
                     mirror.connections.add(conn)
-                    await self._in_thread(conn, self._fetch_range, conn, assignment, mirror)
+                    ledger.attach(a.id, conn)
+                    await self._in_thread(conn, self._fetch_range, conn, a, mirror, pace, adopted)
                     failures = 0
                     continue
                 except DownloadError as exc:
                     conn.close()
-                    if mirror.dropped is not None:
-                        continue  # dropped while we fetched: not this connection's failure
+                    if mirror.dropped is not None or ledger.finished(a.id):
+                        # Dropped while we fetched, or the range's twin delivered first: not
+                        # this connection's failure.
+                        continue
                     if self.mirrors.is_expiry(mirror, exc):
                         expired = exc  # renewed below, once the range is released
                     else:
-                        if assignment.position > before:
+                        if a.position > before:
                             failures = 0  # it was making progress: a fresh run of tries
                         failures += 1
                         if not _retryable(exc) or failures >= policy.max_tries:
@@ -325,8 +512,9 @@ class _FileDownload:
                             continue
                         retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
                 finally:
+                    adopted = False
                     mirror.connections.discard(conn)
-                    ledger.release(assignment.id)
+                    ledger.release(a.id)
                     self._notify()
                 if expired is not None:
                     refused, expired = expired, None
@@ -337,6 +525,8 @@ class _FileDownload:
                     policy.delay(failures, retry_after=retry_after, rand=self.rng.random())
                 )
         finally:
+            if then is not None:
+                ledger.release(then.id)
             conn.close()
             mirror.workers -= 1
 
@@ -362,7 +552,7 @@ class _FileDownload:
         self.changed = trio.Event()
 
     def _new_connection(self, mirror: Mirror) -> ConnectionLike:
-        return self.connect(mirror.endpoint, self.options, mirror.ssl_context)
+        return self.connect(mirror.endpoint, self.options, mirror.ssl_context, mirror.sessions)
 
     async def _in_thread(self, conn: ConnectionLike, fn: Callable[..., int], *args: object) -> int:
         """Run a blocking fetch in a thread; cancellation aborts its connection."""
@@ -391,16 +581,40 @@ class _FileDownload:
             raise error
         return result
 
-    def _fetch_range(self, conn: ConnectionLike, a: Assignment, mirror: Mirror) -> int:
-        """Thread: fetch the assignment's bytes from *mirror* into the file."""
-        assert self.ledger is not None
-        first, last = a.position, a.end - 1
-        if first > last:
-            return 0
-        head = conn.request(headers=mirror.probe.headers, first=first, last=last)
-        check_range_response(mirror.expected, head, first, last)
-        commit = self._throttled(conn, self.ledger.committer(a.id, mirror.count))
-        return conn.stream_into_file(self.fd, first, commit, transform=self.transform)
+    def _fetch_range(
+        self, conn: ConnectionLike, a: Assignment, mirror: Mirror, pace: _Pace, adopted: bool
+    ) -> int:
+        """Thread: fetch the assignment's bytes from *mirror* into the file, one closed
+        request after another on the connection (kept alive between them).
+
+        *adopted*: the first request's head is already in (the warm start's first response).
+        """
+        ledger = self.ledger
+        assert ledger is not None
+        sink = ledger.sink(a.id, mirror.count)
+        commit = self._throttled(conn, sink.commit)
+        piece = ledger.pieces.piece_length
+        written = 0
+        while True:
+            if adopted:
+                first = a.start
+                adopted = False
+            else:
+                first, end = ledger.reserve(a.id, pace.request_size(piece), self.max_connections)
+                if first >= end:
+                    return written
+                sent = time.monotonic()
+                head = conn.request(headers=mirror.probe.headers, first=first, last=end - 1)
+                pace.heard(time.monotonic() - sent)
+                check_range_response(mirror.expected, head, first, end - 1)
+            started = time.monotonic()
+            moved = conn.stream_into_file(
+                self.fd, first, commit, admit=sink.admit, transform=self.transform
+            )
+            pace.moved(moved, time.monotonic() - started)
+            written += moved
+            if ledger.finished(a.id):
+                return written
 
     def _throttled(
         self, conn: ConnectionLike, record: Callable[[int, int], int]
@@ -414,8 +628,9 @@ class _FileDownload:
 
         def commit(nbytes: int) -> int:
             want = record(nbytes, chunk_for_limits(limits, buffer_size))
-            if want > 0:
-                wait_for_limits(limits, nbytes, lambda: conn.aborted)
+            # Charged even for a request's last chunk: the next request waits out the debt
+            # (a request ends every few seconds, so its last chunk is not a rounding error).
+            wait_for_limits(limits, nbytes, lambda: conn.aborted)
             return want
 
         return commit
@@ -426,11 +641,16 @@ class _FileDownload:
         """A server without ranges or length: one GET, start to end, no resume possible."""
         policy = self.options.retry
         failures = 0
+        first = self._adopt_stream()
+        if self.warm is not None:
+            self.warm.close()  # one stream: the connections opened ahead are of no use
         while True:
-            conn = self._new_connection(self.mirrors.primary)
+            conn = first[1] if first is not None else self._new_connection(self.mirrors.primary)
+            head = first[0] if first is not None else None
+            first = None
             self.stream_connections = 1
             try:
-                await self._in_thread(conn, self._fetch_whole, conn)
+                await self._in_thread(conn, self._fetch_whole, conn, head)
                 return
             except DownloadError as exc:
                 failures += 1
@@ -444,10 +664,24 @@ class _FileDownload:
                 self.stream_connections = 0
                 conn.close()
 
-    def _fetch_whole(self, conn: ConnectionLike) -> int:
+    def _adopt_stream(self) -> tuple[ResponseHead, ConnectionLike] | None:
+        """The warm start's first response when it is the whole file from its first byte
+        (a ``200``: the server ignored the range)."""
+        taken = self.warm.take_first() if self.warm is not None else None
+        if taken is None:
+            return None
+        response, conn = taken
+        answer = response.answer
+        if answer.body_usable and answer.body_first == 0 and not answer.accepts_ranges:
+            return response.head, conn
+        conn.close()
+        return None
+
+    def _fetch_whole(self, conn: ConnectionLike, head: ResponseHead | None) -> int:
         self.streamed = 0
         os.ftruncate(self.fd, 0)
-        head = conn.request(headers=self.probe.headers)
+        if head is None:
+            head = conn.request(headers=self.probe.headers)
         check_stream_response(self.mirrors.primary.expected, head)
         size = self.probe.size
 
@@ -464,5 +698,3 @@ class _FileDownload:
                 f"got {written} bytes of {size} before the connection ended", url=self.probe.url
             )
         return written
-
-

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..core.checksum import Checksum
 from ..core.destinations import DestinationPolicy
 from ..core.proxyrules import ProxySettings
 
-__all__ = ["MIB", "Options", "RetryPolicy", "environment_proxies"]
+__all__ = ["MIB", "ModelFileOptions", "Options", "RetryPolicy", "environment_proxies"]
 
 MIB = 1024 * 1024
 
@@ -65,7 +66,8 @@ class Options:
     ``ca_certificate``    extra CA bundle trusted for HTTPS
     ``connect_timeout``   seconds to establish a connection (aria2: 60)
     ``read_timeout``      seconds without a byte before a connection is retried (aria2: 60)
-    ``save_interval``     seconds between control-file saves (after an fsync of the data)
+    ``save_interval``     seconds between control-file saves (after an fsync of the data);
+                          the native engine also saves once 4 MiB arrived unsaved
     ``progress_interval`` seconds between progress events
     ``buffer_size``       bytes read per write; one buffer per connection
     ``compute_sha256``    hash the finished file and report it in the success event
@@ -90,7 +92,7 @@ class Options:
     connect_timeout: float = 30.0
     read_timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    save_interval: float = 1.0
+    save_interval: float = 0.25
     progress_interval: float = 0.5
     buffer_size: int = MIB
     compute_sha256: bool = False
@@ -118,3 +120,18 @@ class Options:
     def max_connections(self) -> int:
         """aria2 opens min(-x, -s) connections to one server for one URL."""
         return min(self.connections, self.split)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFileOptions:
+    """What to do around a model download (the CLI's ``--no-metadata``, ``--nsfw-preview``,
+    ``--type auto``; the server's ``"type": "auto"``)."""
+
+    metadata: bool = True
+    nsfw_preview: bool = False
+    auto_folder: bool = False  # the request's directory is the models root
+    #: Where "have it already?" looks for the published sha256 (None: it does not look).
+    models_root: Path | None = None
+    #: A copy found in another folder is hard-linked (or copied) into place instead of
+    #: downloading it again; without this the download stops and says where the copy is.
+    link_existing: bool = False

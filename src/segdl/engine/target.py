@@ -51,7 +51,7 @@ from ..core.resume import (
 )
 from ..errors import ChecksumMismatch, DiskError, FileExists, ResumeError, redact_url
 from ..io import files, records
-from ..io.probe import ProbeResult
+from ..io.remote import ProbeResult
 from .options import Options
 
 __all__ = [

@@ -8,6 +8,14 @@ with no Python object per chunk but the loop counter: ``recv_into`` a memoryview
 ``MSG_WAITALL`` on plain sockets, so one syscall fills the whole buffer) and one large
 positional write per buffer.
 
+Before a chunk is written, ``admit`` (when given) says how much of it may be: in the
+endgame two connections may fetch the same bytes, and only the first to deliver writes them
+(:mod:`segdl.core.pieces`).  So a chunk is received whole first — into the buffer, or into a
+pipe on the splice path — and only then written.
+
+Connections to one host share their TLS session (:class:`TLSSessions`): a connection opened
+later resumes it, which spares the certificate verification (and, with TLS 1.2, a round trip).
+
 Everything here runs in a worker thread and blocks.  :meth:`Connection.abort` may be called
 from any thread: it shuts the socket down, which wakes a blocked ``recv``; that is how trio
 cancellation reaches a connection.
@@ -54,7 +62,7 @@ from ..errors import (
 )
 from .connect import AbortSignal, Connector, proxy_auth_error, proxy_headers
 
-__all__ = ["USER_AGENT", "Connection", "Endpoint"]
+__all__ = ["USER_AGENT", "Connection", "Endpoint", "TLSSessions"]
 
 # One splice moves at most a pipe's capacity; 1 MiB is Linux's default pipe-max-size.
 PIPE_SIZE = 1024 * 1024
@@ -68,6 +76,26 @@ ERROR_BODY_LIMIT = 4096
 
 # Rewrites a chunk in place before it is written; told the chunk's offset in the file.
 Transform = Callable[[memoryview, int], None]
+
+
+class TLSSessions:
+    """The latest resumable TLS session of one host, shared by a download's connections."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._session: ssl.SSLSession | None = None
+
+    def get(self) -> ssl.SSLSession | None:
+        with self._lock:
+            return self._session
+
+    def keep(self, sock: ssl.SSLSocket) -> None:
+        # TLS 1.3 tickets arrive after the handshake: a session is worth keeping once it
+        # has one (it is read with the first response).
+        session = sock.session
+        if session is not None and session.has_ticket:
+            with self._lock:
+                self._session = session
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +132,7 @@ class Connection:
         read_timeout: float,
         buffer_size: int = 1024 * 1024,
         connector: Connector | None = None,
+        tls_sessions: TLSSessions | None = None,
     ) -> None:
         self.endpoint = endpoint
         # Proxies and the destination policy (io/connect.py); by default a direct connection.
@@ -111,14 +140,16 @@ class Connection:
         self._connecting = AbortSignal()
         # Set when plain HTTP goes through an HTTP proxy: requests in absolute form to it.
         self._forward_proxy: ProxyURL | None = None
+        self._tls_sessions = tls_sessions
         self._ssl_context = ssl_context
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._sock: socket.socket | None = None
         self._aborted = threading.Event()
         self._lock = threading.Lock()
-        self._buffer = bytearray(buffer_size)
-        self._view = memoryview(self._buffer)
+        # Allocated with the first body: connections opened ahead may never carry one.
+        self._buffer_size = buffer_size
+        self._buffer: memoryview | None = None
         # The chunk size in use: starts small and doubles while chunks come quickly, so a
         # slow link reports its first bytes (progress, mirror speed) within a fraction of a
         # second; kept across the requests of a keep-alive connection.
@@ -130,6 +161,7 @@ class Connection:
         self.requests = 0
         self._head: ResponseHead | None = None
         self._pipe: tuple[int, int] | None = None
+        self._pipe_capacity = 0
         self._can_splice = hasattr(os, "splice")
         self._h11: h11.Connection | None = None
 
@@ -155,7 +187,8 @@ class Connection:
             if ep.scheme == "https":
                 assert self._ssl_context is not None
                 raw.settimeout(self._connect_timeout)
-                sock = self._ssl_context.wrap_socket(raw, server_hostname=ep.host)
+                session = self._tls_sessions.get() if self._tls_sessions is not None else None
+                sock = self._ssl_context.wrap_socket(raw, server_hostname=ep.host, session=session)
             if isinstance(sock, ssl.SSLSocket):
                 # The ssl module retries SSL_read by itself on a blocking socket, which
                 # swallows SO_RCVTIMEO: TLS needs Python's own timeout (poll before read).
@@ -166,8 +199,8 @@ class Connection:
         except ssl.SSLCertVerificationError as exc:
             raw.close()
             raise NetworkError(
-                f"TLS certificate of {ep.host_header} not trusted: {exc.verify_message} "
-                "(use --ca-certificate or SSL_CERT_FILE)",
+                f"cannot reach {ep.host_header}: TLS certificate not trusted "
+                f"({exc.verify_message}); use --ca-certificate or SSL_CERT_FILE",
                 url=ep.url,
             ) from exc
         except (OSError, ssl.SSLError) as exc:
@@ -181,6 +214,14 @@ class Connection:
                 raise NetworkError("connection aborted", url=ep.url)
             self._sock = sock
         return sock
+
+    def connect(self) -> None:
+        """Open the connection now (TCP, and TLS), before its first request is known."""
+        if self._sock is None:
+            self._connect()
+            # A connection opened ahead is kept like one kept alive: if the server closed it
+            # in the meantime, the request is retried once on a fresh one.
+            self.reusable = True
 
     def abort(self) -> None:
         """Wake and fail whatever the owning thread is blocked on.  Thread-safe."""
@@ -199,6 +240,12 @@ class Connection:
     def aborted(self) -> bool:
         return self._aborted.is_set()
 
+    @property
+    def session_reused(self) -> bool:
+        """Whether this connection's TLS handshake resumed an earlier session."""
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and bool(sock.session_reused)
+
     def close(self) -> None:
         with self._lock:
             sock, self._sock = self._sock, None
@@ -216,23 +263,30 @@ class Connection:
         first: int | None = None,
         last: int | None = None,
         method: str = "GET",
+        any_status: bool = False,
     ) -> ResponseHead:
         """Send a request (with ``Range`` when *first* is given) and read the response head.
 
-        An error status raises the matching :class:`HTTPStatusError`.  A connection kept from
-        an earlier request that turns out to be closed by the server is reopened once.
+        An error status raises the matching :class:`HTTPStatusError`, a redirect
+        :class:`BadResponse`, unless *any_status* (a first request, which learns what the URL
+        is from its answer: the caller checks the status).  A connection kept from an earlier
+        request that turns out to be closed by the server is reopened once.
         """
         if first is not None:
             rng = format_range(first, last) if last is not None else f"bytes={first}-"
         else:
             rng = None
         for attempt in (0, 1):
+            if self._aborted.is_set():
+                # Aborted (cancelled, or its range went to another connection): what looked
+                # like a server's close is ours; never reconnect.
+                raise NetworkError("connection aborted", url=self.endpoint.url)
             reused = self._sock is not None and self.reusable
             if not reused:
                 self.close()
                 self._connect()
             try:
-                return self._exchange(headers, rng, method, reused=reused)
+                return self._exchange(headers, rng, method, reused=reused, any_status=any_status)
             except _StaleConnection:
                 self.close()
                 if attempt or not reused:
@@ -242,7 +296,13 @@ class Connection:
         raise AssertionError("unreachable")
 
     def _exchange(
-        self, headers: Mapping[str, str], rng: str | None, method: str, *, reused: bool
+        self,
+        headers: Mapping[str, str],
+        rng: str | None,
+        method: str,
+        *,
+        reused: bool,
+        any_status: bool = False,
     ) -> ResponseHead:
         sock = self._sock
         assert sock is not None
@@ -298,6 +358,10 @@ class Connection:
         self._pending = conn.trailing_data[0]
         if head.status == 407 and self._forward_proxy is not None:
             raise proxy_auth_error(self._forward_proxy, ep.url)
+        if self._tls_sessions is not None and isinstance(sock, ssl.SSLSocket):
+            self._tls_sessions.keep(sock)
+        if any_status and head.status >= 300:
+            return head  # its body is never read: the connection is not reused
         if head.status >= 400:
             raise status_error(
                 head.status,
@@ -376,13 +440,16 @@ class Connection:
         offset: int,
         commit: Callable[[int], int],
         *,
+        admit: Callable[[int], int] | None = None,
         until_eof: bool = False,
         transform: Transform | None = None,
     ) -> int:
         """Copy the body into *fd* at *offset*, chunk by chunk, as *commit* allows.
 
         ``commit(n)`` is told each chunk's size once the chunk is written and returns how many
-        bytes to read next (``commit(0)`` is called first); 0 means stop.  When the range it
+        bytes to read next (``commit(0)`` is called first); 0 means stop.  ``admit(n)``, if
+        given, is asked before a received chunk is written and says how many of its bytes may
+        be (fewer: the rest is dropped and the body abandoned).  When the range *commit*
         allows ends before the body does, the connection is not reusable.  With *until_eof*
         (a response without length) the body ends when the server closes.
         *transform*, if given, rewrites each chunk in place before it is written, told the
@@ -413,8 +480,12 @@ class Connection:
             started = time.monotonic()
             filled = 0
             # Plain bodies go socket → pipe → file inside the kernel (no copy through
-            # Python): fewer copies, less system time.
+            # Python): fewer copies, less system time.  The chunk waits in the pipe until it
+            # is admitted, so the pipe's capacity bounds it.
             spliced = plain and transform is None and not self._pending and self._can_splice
+            if spliced:
+                self._open_pipe()
+                want = min(want, self._pipe_capacity)
             if self._pending:
                 take = min(want, len(self._pending))
                 view[:take] = self._pending[:take]
@@ -423,7 +494,7 @@ class Connection:
             try:
                 while filled < want:
                     if spliced:
-                        n = self._splice(sock, fd, offset + filled, want - filled)
+                        n = self._splice_in(sock, want - filled)
                     elif plain:
                         n = sock.recv_into(view[filled:want], want - filled, socket.MSG_WAITALL)
                     else:
@@ -434,19 +505,21 @@ class Connection:
             except (OSError, ssl.SSLError) as exc:
                 # Keep what arrived before the failure: it is valid data of the range.
                 if filled:
-                    if not spliced:
-                        self._write(fd, view[:filled], offset, transform)
-                    commit(filled)
-                    written += filled
+                    kept = self._deliver(fd, offset, filled, admit, spliced, transform)
+                    commit(kept)
+                    written += kept
                 self.reusable = False
                 raise self._network_error(exc) from exc
-            if filled:
-                if not spliced:
-                    self._write(fd, view[:filled], offset, transform)
-                offset += filled
-                written += filled
-                if self._body_left is not None:
-                    self._body_left -= filled
+            kept = self._deliver(fd, offset, filled, admit, spliced, transform) if filled else 0
+            offset += kept
+            written += kept
+            if self._body_left is not None:
+                self._body_left -= filled
+            if kept < filled:
+                # Not admitted: another connection delivered these bytes first.
+                self.reusable = False
+                commit(kept)
+                return written
             if filled < want:
                 # The server closed the connection.
                 self.reusable = False
@@ -471,21 +544,59 @@ class Connection:
             self.reusable = False
         return written
 
-    def _splice(self, sock: socket.socket, fd: int, offset: int, count: int) -> int:
-        """Move up to *count* body bytes from the socket into *fd* at *offset*; 0 at EOF."""
-        if self._pipe is None:
-            self._pipe = os.pipe()
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(self._pipe[1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        read_end, write_end = self._pipe
-        moved = os.splice(
-            sock.fileno(), write_end, count, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE
+    def _deliver(
+        self,
+        fd: int,
+        offset: int,
+        filled: int,
+        admit: Callable[[int], int] | None,
+        spliced: bool,
+        transform: Transform | None,
+    ) -> int:
+        """Write what may be written of a received chunk; returns how much was."""
+        kept = filled if admit is None else admit(filled)
+        if spliced:
+            if kept:
+                self._splice_out(fd, offset, kept)
+            if kept < filled:
+                self._close_pipe()  # the rest stays in the pipe: drop it with the pipe
+        elif kept:
+            self._write(fd, self._view[:kept], offset, transform)
+        return kept
+
+    @property
+    def _view(self) -> memoryview:
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(self._buffer_size))
+        return self._buffer
+
+    def _open_pipe(self) -> None:
+        if self._pipe is not None:
+            return
+        self._pipe = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._pipe[1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self._pipe_capacity = fcntl.fcntl(self._pipe[1], fcntl.F_GETPIPE_SZ)
+
+    def _splice_in(self, sock: socket.socket, count: int) -> int:
+        """Move up to *count* body bytes from the socket into the pipe; 0 at EOF."""
+        assert self._pipe is not None
+        return os.splice(
+            sock.fileno(), self._pipe[1], count, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE
         )
+
+    def _splice_out(self, fd: int, offset: int, count: int) -> None:
+        """Move *count* bytes from the pipe into *fd* at *offset*."""
+        assert self._pipe is not None
         done = 0
         try:
-            while done < moved:
+            while done < count:
                 done += os.splice(
-                    read_end, fd, moved - done, offset_dst=offset + done, flags=os.SPLICE_F_MOVE
+                    self._pipe[0],
+                    fd,
+                    count - done,
+                    offset_dst=offset + done,
+                    flags=os.SPLICE_F_MOVE,
                 )
         except OSError as exc:
             # Bytes left in the pipe belong to no file position any more: drop the pipe.
@@ -493,7 +604,6 @@ class Connection:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(f"disk full while writing: {exc.strerror}") from exc
             raise DiskError(f"cannot write to the file: {exc.strerror}") from exc
-        return moved
 
     def _close_pipe(self) -> None:
         pipe, self._pipe = self._pipe, None

@@ -8,21 +8,20 @@ From the final answer it learns the size (``Content-Range`` of a 206, else
 
 URLs come checked (:class:`~segdl.core.urls.HttpURL`), and so is every redirect's; the URL's
 ``user:password@`` becomes a Basic ``Authorization`` header, under the same rules as a
-token's; and the result's URL is ASCII, as the data plane sends it.  httpx's own request log
+token's (:mod:`.remote` holds the rules, shared with a download's first request on a data
+connection); and the result's URL is ASCII, as the data plane sends it.  httpx's own request log
 shows segdl's URLs without their query (signed URLs and pasted tokens are credentials).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import re
 import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 
@@ -41,31 +40,24 @@ from ..errors import (
     redact_url,
     status_error,
 )
+from .remote import (
+    MAX_REDIRECTS,
+    SENSITIVE_HEADERS,
+    ProbeResult,
+    same_origin,
+    strip_credentials,
+    take_userinfo,
+)
 
 __all__ = [
+    "MAX_REDIRECTS",
+    "SENSITIVE_HEADERS",
     "ProbeResult",
     "httpx_errors",
     "probe",
     "same_origin",
     "strip_credentials",
 ]
-
-MAX_REDIRECTS = 20
-# Headers that carry credentials; dropped when a redirect leaves the origin.
-SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    url: HttpURL  # final URL after redirects
-    size: int | None
-    accepts_ranges: bool
-    etag: str | None = None
-    last_modified: str | None = None
-    content_disposition: str | None = None  # raw header; the name is chosen by the caller
-    content_type: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)  # what the data plane must send
-
 
 # httpx logs every request's URL, query and all, at INFO ("HTTP Request: GET …"), and httpcore
 # logs response heads at DEBUG (a redirect's Location among them).  The query of a signed
@@ -125,15 +117,6 @@ def httpx_errors(url: str) -> Iterator[None]:
         _REDACTING.reset(redacting)
 
 
-def same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
-
-
-def strip_credentials(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in SENSITIVE_HEADERS}
-
-
 async def probe(
     client: httpx.AsyncClient,
     url: HttpURL,
@@ -174,22 +157,8 @@ async def probe(
     raise BadResponse(f"too many redirects (over {MAX_REDIRECTS}) from {redact_url(url)}", url=url)
 
 
-def _take_userinfo(url: HttpURL, headers: dict[str, str]) -> HttpURL:
-    """*url* without ``user:password@``, which becomes a Basic ``Authorization`` in *headers*.
-
-    As a header the credentials follow the same rules as a token's: dropped when a redirect
-    leaves the origin, sent by the data plane too; and the URL httpx logs has none.
-    """
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    if not any(name.lower() == "authorization" for name in headers):
-        # RFC 7617 §2: user-id ":" password, UTF-8 (the charset RFC 7617 §2.1 allows).
-        pair = f"{unquote(user)}:{unquote(password)}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    return HttpURL(urlunsplit(parts._replace(netloc=host)))
+# The name this module had for it; io/remote.py holds the rule now.
+_take_userinfo = take_userinfo
 
 
 def _result(

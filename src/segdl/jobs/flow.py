@@ -8,6 +8,11 @@ Opening the target may find the file already there and current (segdl's record o
 checksum, says so): then nothing is fetched and the flow goes straight to the after-publish
 steps.  A file that fails verification is deleted, never published.
 
+For one URL and the native engine the probe is the download's first request, on a data
+connection, while the other connections open (:func:`warm_start`): the engine then writes
+that response's body and uses those connections.  Mirrors, aria2c, and URLs the data plane
+cannot send as they are, are probed on httpx (:func:`probe_sources`).
+
 A file that changes on the server while it is fetched (:class:`~segdl.errors.RemoteChanged`)
 restarts the flow from a fresh resolve, at most :data:`MAX_RESTARTS` times: two versions are
 never mixed.  Every run ends with exactly one of ``success``, ``error`` or ``cancelled``
@@ -19,7 +24,8 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -38,9 +44,12 @@ from ..core.headers import (
 from ..core.proxyrules import ProxySettings
 from ..core.urls import HttpURL
 from ..engine.base import Engine, EventSink, Renew, Transfer, get_engine
-from ..engine.options import Options, RetryPolicy
+from ..engine.early import opening_ranges
+from ..engine.native import NativeEngine
+from ..engine.options import ModelFileOptions, Options, RetryPolicy
 from ..engine.target import open_target, publish_target, reject, restart_target, verify_target
 from ..engine.throttle import RateLimit
+from ..engine.warm import WarmStart, start_warm
 from ..errors import (
     BadResponse,
     ChecksumMismatch,
@@ -52,9 +61,9 @@ from ..errors import (
 from ..io.control import open_control_client
 from ..io.dataplane import Transform
 from ..io.files import check_writable_dir
+from ..io.firstrequest import NotForTheDataPlane
 from ..io.probe import ProbeResult, probe
 from ..sources.base import DownloadPlan
-from ..sources.modelfiles import ModelFileOptions
 from .modelfolder import choose_directory, find_copy, write_metadata
 from .request import DownloadRequest
 
@@ -115,7 +124,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
     engine.check(False)  # not installed: said before any request
     options = request.options
     await trio.to_thread.run_sync(check_writable_dir, request.directory)
-    async with _control_client(options) as client:
+    async with _control_client(options) as client, _closing_warm_starts() as warm_starts:
         for attempt in itertools.count():
             # Resolved on every attempt: signed storage URLs expire, so a restart needs a
             # fresh one.
@@ -136,7 +145,14 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             site_headers = {**plan.headers, **options.headers}
             candidates = [(u, site_headers) for u in plan.urls]
             candidates += [(u, dict(options.headers)) for u in (*plan.mirrors, *request.mirrors)]
-            probed, mirrors, primary = await probe_sources(client, candidates, options.retry)
+            guess = directory / _filename(request.out, None, plan, request.source.url)
+            warm = await warm_start(engine, candidates, options, guess)
+            warm_starts.append(warm)
+            mirrors: list[ProbeResult] = []
+            if warm is not None:
+                probed, primary = warm.probe, 0
+            else:
+                probed, mirrors, primary = await probe_sources(client, candidates, options.retry)
             if plan.size is not None and probed.size is not None and plan.size != probed.size:
                 raise BadResponse(
                     f"the server's file is {probed.size} bytes but {plan.source} says {plan.size}",
@@ -167,6 +183,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
                     renew=renew,
                     verify=plan.verify,
                     after_publish=after_publish,
+                    warm=warm,
                 )
             except RemoteChanged:
                 if attempt >= MAX_RESTARTS:
@@ -190,12 +207,15 @@ async def fetch_probed(
     renew: Renew | None = None,
     verify: Callable[[Path], Awaitable[None]] | None = None,
     after_publish: Sequence[AfterPublish] = (),
+    warm: WarmStart | None = None,
 ) -> Success:
     """Open the target, let *engine* fill it, verify it, publish it at *path*: the part of
     the flow after the probe.
 
     *verify* is the source's own check of the finished partial (MEGA's MAC), run after the
     checksum and before the file gets its name; *after_publish* run once it has it.
+
+    *warm*: the first response and the connections opened ahead, for the engine to take.
 
     Raises:
         DownloadError: :class:`RemoteChanged` means the server's file is not the one the
@@ -228,6 +248,7 @@ async def fetch_probed(
                 limits=tuple(limits),
                 transform=transform,
                 renew=renew,
+                warm=warm,
             )
             checksum_verified = (await engine.transfer(job)).checksum_verified
         verified = await trio.to_thread.run_sync(
@@ -285,6 +306,47 @@ async def _fresh_link(
             url=renewed.url,
         )
     return renewed
+
+
+@asynccontextmanager
+async def _closing_warm_starts() -> AsyncIterator[list[WarmStart | None]]:
+    """Warm starts to close when the download ends, whatever the engine took of them."""
+    started: list[WarmStart | None] = []
+    try:
+        yield started
+    finally:
+        for warm in started:
+            if warm is not None:
+                warm.close()
+
+
+async def warm_start(
+    engine: Engine,
+    candidates: Sequence[tuple[HttpURL, Mapping[str, str]]],
+    options: Options,
+    guess: Path,
+) -> WarmStart | None:
+    """Begin the download on data connections when it has one URL and the native engine:
+    the first request is the probe, the other connections open meanwhile
+    (:func:`~segdl.engine.warm.start_warm`).  None: probe on the control plane instead.
+
+    *guess* is where the file will probably go (the name may still come from the answer):
+    when a partial of it is there, the first request asks for its first missing piece.
+
+    Raises:
+        DownloadError: as :func:`probe_sources` raises it.
+    """
+    if not isinstance(engine, NativeEngine) or len(candidates) != 1:
+        return None
+    url, headers = candidates[0]
+    ahead = engine.connections_for(options) - 1
+    ranges = await trio.to_thread.run_sync(opening_ranges, guess, options.piece_length, ahead)
+    try:
+        return await start_warm(
+            url, headers, options, connect=engine.connect, ranges=ranges, ahead=ahead
+        )
+    except NotForTheDataPlane:
+        return None
 
 
 async def probe_sources(
@@ -350,13 +412,14 @@ async def probe_sources(
     return primary, mirrors, results.index(primary)
 
 
-def _filename(out: str | None, probed: ProbeResult, plan: DownloadPlan, url: str) -> str:
-    """``-o``, else Content-Disposition, else the site's name, else the URL (sanitised)."""
+def _filename(out: str | None, probed: ProbeResult | None, plan: DownloadPlan, url: str) -> str:
+    """``-o``, else Content-Disposition, else the site's name, else the URL (sanitised);
+    without *probed*, the name it will most likely be, before the server has answered."""
     # Short enough that the partial's names (NAME.part.aria2__temp) fit in a directory entry.
     limit = MAX_PARTIAL_NAME_BYTES
     if out:
         return sanitize_filename(out, max_bytes=limit)
-    if probed.content_disposition:
+    if probed is not None and probed.content_disposition:
         named = parse_content_disposition_filename(probed.content_disposition)
         if named:
             return sanitize_filename(named, max_bytes=limit)

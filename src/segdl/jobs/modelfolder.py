@@ -2,7 +2,7 @@
 already there, and the metadata files beside the finished model (issue 15, items 5–7).
 
 The flow (:mod:`.flow`) calls these at three points of a download with
-:class:`~segdl.sources.modelfiles.ModelFileOptions`: :func:`choose_directory` once the site has
+:class:`~segdl.engine.options.ModelFileOptions`: :func:`choose_directory` once the site has
 answered, :func:`find_copy` before anything is probed, and :func:`write_metadata` after the
 model is published.  Metadata is a courtesy: what goes wrong there is a warning, never a
 failed download.
@@ -19,10 +19,10 @@ import trio
 from ..core.events import Success, Warned
 from ..core.modelinfo import SiteRecord
 from ..engine.base import EventSink
+from ..engine.options import ModelFileOptions
 from ..errors import DiskError, DownloadError, DuplicateModel
 from ..sources.base import DownloadPlan
 from ..sources.modelfiles import (
-    ModelFileOptions,
     folder_for_record,
     published_digest,
     write_model_metadata,

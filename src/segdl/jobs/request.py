@@ -18,11 +18,10 @@ from typing import Any, TypedDict
 from ..core.proxyrules import ProxySettings
 from ..core.urls import HttpURL
 from ..engine.base import ENGINE_NAMES
-from ..engine.options import Options
+from ..engine.options import ModelFileOptions, Options
 from ..engine.throttle import RateLimit
 from ..errors import DownloadError, InvalidURL
 from ..sources.base import SourceConfig, SourceRef
-from ..sources.modelfiles import ModelFileOptions
 from ..sources.resolve import parse_source
 
 __all__ = ["CommonArgs", "DownloadRequest", "RequestArgs", "build_request"]

@@ -10,8 +10,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
-
 from ..core.proxyrules import ProxySettings
 from ..core.sizes import parse_size
 from ..engine.options import environment_proxies
@@ -232,6 +230,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     scheme = Scheme.from_password(args.password)
     failures: list[OSError] = []
+    import trio  # here, not at the top: `segdl get` builds this parser too
+
     try:
         trio.run(partial(_main, settings, scheme))
     except* KeyboardInterrupt:
@@ -255,6 +255,8 @@ def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
 
 
 async def _main(settings: ServeSettings, scheme: Scheme) -> None:
+    import trio
+
     async with trio.open_nursery() as nursery:
         from .app import serve_segdl
 

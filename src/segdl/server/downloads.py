@@ -27,7 +27,7 @@ import trio
 
 from ..core.events import Event, Metadata, Progress, Started
 from ..core.folders import AUTO
-from ..engine.options import Options
+from ..engine.options import ModelFileOptions, Options
 from ..errors import DownloadError, DuplicateModel, FileExists, redact_url
 from ..jobs.manager import (
     FINAL_STATES,
@@ -39,7 +39,6 @@ from ..jobs.manager import (
     RunDownload,
 )
 from ..jobs.request import DownloadRequest, build_request
-from ..sources.modelfiles import ModelFileOptions
 from . import messages
 from .outbox import Message, Outbox
 from .queuefile import SavedJob, SavedQueue, SavedState, strip_secrets, write_queue_file

@@ -22,7 +22,6 @@ already?" (:mod:`segdl.jobs.modelfolder`) looks for.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -49,7 +48,6 @@ from .sitehttp import open_response, read_body
 
 __all__ = [
     "MAX_PREVIEW_BYTES",
-    "ModelFileOptions",
     "folder_for_record",
     "published_digest",
     "write_model_metadata",
@@ -57,21 +55,6 @@ __all__ = [
 
 # Originals on CivitAI are a few MiB; anything far bigger is not a preview.
 MAX_PREVIEW_BYTES = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelFileOptions:
-    """What to do around a model download (the CLI's ``--no-metadata``, ``--nsfw-preview``,
-    ``--type auto``; the server's ``"type": "auto"``)."""
-
-    metadata: bool = True
-    nsfw_preview: bool = False
-    auto_folder: bool = False  # the request's directory is the models root
-    #: Where "have it already?" looks for the published sha256 (None: it does not look).
-    models_root: Path | None = None
-    #: A copy found in another folder is hard-linked (or copied) into place instead of
-    #: downloading it again; without this the download stops and says where the copy is.
-    link_existing: bool = False
 
 
 def folder_for_record(record: SiteRecord | None) -> str:

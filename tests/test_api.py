@@ -205,7 +205,11 @@ def test_cli_http_failures_map_to_aria2_exit_codes(
     needle: str,
 ) -> None:
     range_server.add("/x.bin", Resource(body=BODY))
-    range_server.inject(fault)
+    # The fault answers the probe: the download's first request, the one asking from byte 0
+    # (the connections opened meanwhile ask for the next pieces).
+    range_server.on_request(
+        lambda info: fault if (info.range or "").startswith("bytes=0-") else None
+    )
     # A 5xx is retried (-m 1: no retry), as a data connection would retry it.
     got, _, err = run_cli(
         ["get", range_server.url("/x.bin"), "-d", str(tmp_path), "-m", "1"], capsys

@@ -23,6 +23,8 @@ from functools import partial
 from pathlib import Path
 
 from ..core.controlfile import ControlFileError
+from ..core.destinations import DestinationPolicy
+from ..core.proxyrules import ProxySettings
 from ..core.responses import ResponseHead
 from ..core.resume import pieces_from_control
 from ..core.urls import HttpURL
@@ -64,6 +66,9 @@ class EarlyKey:
     connect_timeout: float
     read_timeout: float
     buffer_size: int
+    # Never taken over under other proxy settings or another destination policy.
+    proxies: ProxySettings | None
+    destinations: DestinationPolicy | None
 
     @classmethod
     def of(
@@ -84,6 +89,8 @@ class EarlyKey:
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
             buffer_size=options.buffer_size,
+            proxies=options.proxies,
+            destinations=options.destinations,
         )
 
 

@@ -335,6 +335,29 @@ async def test_remote_change_during_download_restarts(tmp_path: pathlib.Path) ->
     assert any(r.range is not None and r.range.startswith("bytes=0-") for r in after)
 
 
+async def test_a_file_that_shrank_mid_download_restarts(tmp_path: pathlib.Path) -> None:
+    """A server that swaps in a shorter file without a new ETag answers the ranges beyond its
+    new end with 416 (RFC 9110 §15.5.17): another version, so the download starts over
+    instead of failing or keeping bytes of the old one."""
+    shorter = os.urandom(2 * MIB + 77)
+    with RangeServer(rate_limit=4 * MIB) as server:
+        server.add("/f.bin", Resource(body=BODY, etag='"same"'))
+        swapped = False
+
+        def on_event(event: Event) -> None:
+            nonlocal swapped
+            if isinstance(event, Started) and not swapped:
+                server.add("/f.bin", Resource(body=shorter, etag='"same"'))
+                swapped = True
+
+        options = segdl.Options(connections=4, split=4, progress_interval=0.05)
+        await segdl.download(server.url("/f.bin"), tmp_path, options=options, on_event=on_event)
+        statuses = {r.status for r in server.requests}
+    assert swapped
+    assert 416 in statuses
+    assert sha(tmp_path / "f.bin") == hashlib.sha256(shorter).hexdigest()
+
+
 async def test_credentials_are_not_forwarded_to_another_origin(tmp_path: pathlib.Path) -> None:
     with RangeServer() as storage, RangeServer() as site:
         storage.add("/blob/f.bin", Resource(body=BODY))

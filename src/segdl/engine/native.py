@@ -604,7 +604,18 @@ class _FileDownload:
                 if first >= end:
                     return written
                 sent = time.monotonic()
-                head = conn.request(headers=mirror.probe.headers, first=first, last=end - 1)
+                try:
+                    head = conn.request(headers=mirror.probe.headers, first=first, last=end - 1)
+                except HTTPStatusError as exc:
+                    if exc.status == 416:
+                        # Bytes inside the file as probed are not there any more: the file
+                        # is now shorter (RFC 9110 §15.5.17), another version.
+                        raise RemoteChanged(
+                            f"the file on {mirror.endpoint.host_header} is now shorter than "
+                            f"{mirror.probe.size} bytes (HTTP 416 for bytes {first}-{end - 1})",
+                            url=mirror.probe.url,
+                        ) from exc
+                    raise
                 pace.heard(time.monotonic() - sent)
                 check_range_response(mirror.expected, head, first, end - 1)
             started = time.monotonic()

@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None) -> None:
 
     try:
         trio.run(run)
-    except KeyboardInterrupt:
-        pass
+    except* KeyboardInterrupt:
+        pass  # how the benchmark stops it (the interrupt may arrive inside the nursery)
     finally:
         if log is not None:
             log.close()

@@ -50,6 +50,8 @@ class CivitFile:
     fp: str = "fp16"
     #: What the API claims the SHA256 is (None: the real digest).
     claimed_sha256: str | None = None
+    #: False: the storage host ignores Range for this file (every GET a whole 200).
+    accept_ranges: bool = True
 
     @property
     def sha256(self) -> str:
@@ -111,6 +113,8 @@ class FakeCivitAI:
         self.link_lifetime: float | None = None
         #: Every storage response is cut after this many body bytes (a flaky long path).
         self.cut_after: int | None = None
+        #: How many storage responses are still cut (None: every one).
+        self.cuts_left: int | None = None
         #: The download endpoint answers 500 (the site cannot hand out a fresh link).
         self.refuse_links = False
         self.links_issued = 0
@@ -130,7 +134,11 @@ class FakeCivitAI:
             for f in version.files:
                 self.storage.add(
                     self._object_path(f),
-                    Resource(body=f.body, content_disposition=f'attachment; filename="{f.name}"'),
+                    Resource(
+                        body=f.body,
+                        accept_ranges=f.accept_ranges,
+                        content_disposition=f'attachment; filename="{f.name}"',
+                    ),
                 )
             for image in version.images:
                 content_type = "video/mp4" if image.type == "video" else "image/jpeg"
@@ -383,7 +391,9 @@ class FakeCivitAI:
         lifetime = self.link_lifetime
         if issued is None or (lifetime is not None and time.monotonic() - issued > lifetime):
             return text(403, "Request has expired")
-        if self.cut_after is not None:
+        if self.cut_after is not None and self.cuts_left != 0:
+            if self.cuts_left is not None:
+                self.cuts_left -= 1
             return Fault.drop_after(self.cut_after)
         return None
 

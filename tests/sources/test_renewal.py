@@ -108,9 +108,7 @@ async def test_a_link_that_cannot_be_renewed_keeps_the_partial_then_resumes(
     assert storage_bytes(civitai) - kept <= len(BODY) - 2 * MIB
 
 
-async def test_aria2c_gets_a_fresh_link_too(
-    civitai: FakeCivitAI, source_env: pathlib.Path
-) -> None:
+async def test_aria2c_gets_a_fresh_link_too(civitai: FakeCivitAI, source_env: pathlib.Path) -> None:
     if not aria2c_available():
         if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
             pytest.fail("aria2c is not installed, and CI=true forbids skipping", pytrace=False)
@@ -126,11 +124,39 @@ async def test_aria2c_gets_a_fresh_link_too(
     assert civitai.links_issued >= 2
 
 
+async def test_a_stream_from_a_server_without_ranges_gets_a_fresh_link_when_it_is_cut(
+    monkeypatch: pytest.MonkeyPatch, source_env: pathlib.Path
+) -> None:
+    """No ranges: a cut stream starts again from the first byte, by then with an expired link."""
+    body = BODY[: 2 * MIB]
+    with FakeCivitAI(tokens={TOKEN}, rate_limit=MIB) as fake:
+        whole = CivitFile(id=501, name="whole.safetensors", body=body, accept_ranges=False)
+        fake.add(
+            CivitModel(
+                id=1001,
+                name="Whole",
+                type="Checkpoint",
+                versions=[CivitVersion(id=2002, name="v1", files=[whole])],
+            )
+        )
+        fake.link_lifetime = 0.3  # the first stream is cut at about 0.5 s (1 MiB/s)
+        fake.cut_after, fake.cuts_left = MIB // 2, 1
+        monkeypatch.setenv("SEGDL_CIVITAI_URL", fake.base_url)
+        result = await segdl.download(
+            fake.site.url("/models/1001"), source_env, civitai_token=TOKEN, options=FAST
+        )
+        assert pathlib.Path(result.path).read_bytes() == body
+        assert fake.cuts_left == 0, "the stream was never cut: the test proves nothing"
+        assert [r for r in fake.storage.requests if r.status == 403], "the link never expired"
+        assert fake.links_issued >= 2
+
+
 async def test_a_direct_url_that_answers_403_stays_an_auth_error(
     range_server: RangeServer, source_env: pathlib.Path
 ) -> None:
     """No site handed this link out: nothing to renew, and the message says what it says."""
     range_server.add("/m.bin", Resource(body=BODY[: 4 * MIB]))
+
     def refuse_data(info: RequestInfo) -> Fault | None:
         # The probe (bytes=0-0) passes; every data request is refused as if expired.
         return Fault.status(403, body=b"Request has expired") if info.range != "bytes=0-0" else None

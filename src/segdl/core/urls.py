@@ -165,5 +165,3 @@ def _valid_host(host: str) -> bool:
         return False
     labels = encoded.rstrip(b".").split(b".")
     return len(encoded) <= _MAX_HOST and all(0 < len(label) <= _MAX_LABEL for label in labels)
-
-

@@ -649,21 +649,29 @@ class _FileDownload:
     # -- one stream, no ranges -----------------------------------------------------------
 
     async def _stream_whole(self) -> None:
-        """A server without ranges or length: one GET, start to end, no resume possible."""
+        """A server without ranges or length: one GET, start to end, no resume possible.
+        A site's link that expires before a stream is tried again is renewed, as for ranges."""
         policy = self.options.retry
+        primary = self.mirrors.primary
         failures = 0
         first = self._adopt_stream()
         if self.warm is not None:
             self.warm.close()  # one stream: the connections opened ahead are of no use
         while True:
-            conn = first[1] if first is not None else self._new_connection(self.mirrors.primary)
+            conn = first[1] if first is not None else self._new_connection(primary)
             head = first[0] if first is not None else None
             first = None
+            generation = primary.generation
             self.stream_connections = 1
             try:
                 await self._in_thread(conn, self._fetch_whole, conn, head)
                 return
             except DownloadError as exc:
+                if self.mirrors.is_expiry(primary, exc):
+                    # Bounded by renew itself: a fresh link refused again with no byte in
+                    # between is a real refusal.
+                    await self.mirrors.renew(primary, generation, exc)
+                    continue
                 failures += 1
                 if not _retryable(exc) or failures >= policy.max_tries:
                     raise
@@ -698,6 +706,8 @@ class _FileDownload:
 
         def record(nbytes: int, chunk: int) -> int:
             self.streamed += nbytes
+            if nbytes:
+                self.mirrors.primary.renewals_without_progress = 0
             return chunk
 
         commit = self._throttled(conn, record)

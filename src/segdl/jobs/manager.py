@@ -333,4 +333,3 @@ async def open_manager(
     """
     async with trio.open_nursery() as nursery:
         yield DownloadManager(nursery, max_concurrent=max_concurrent, overall_limit=overall_limit)
-

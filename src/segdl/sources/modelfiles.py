@@ -184,5 +184,3 @@ def published_digest(source: DownloadPlan | SiteRecord | None) -> tuple[str, int
         if isinstance(digest, str) and len(digest) == 64:
             return (digest.lower(), size, _CIVITAI_SIZE_TOLERANCE)
     return ("", None, 0)
-
-

@@ -115,6 +115,8 @@ class FakeCivitAI:
         self.cut_after: int | None = None
         #: How many storage responses are still cut (None: every one).
         self.cuts_left: int | None = None
+        #: A cut response outlives its link: every link handed out so far stops working.
+        self.expire_on_cut = False
         #: The download endpoint answers 500 (the site cannot hand out a fresh link).
         self.refuse_links = False
         self.links_issued = 0
@@ -394,6 +396,8 @@ class FakeCivitAI:
         if self.cut_after is not None and self.cuts_left != 0:
             if self.cuts_left is not None:
                 self.cuts_left -= 1
+            if self.expire_on_cut:
+                self.expire_storage_urls()
             return Fault.drop_after(self.cut_after)
         return None
 

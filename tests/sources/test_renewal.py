@@ -62,12 +62,22 @@ def storage_bytes(fake: FakeCivitAI) -> int:
 async def test_an_expiring_link_is_renewed_mid_download(
     civitai: FakeCivitAI, source_env: pathlib.Path
 ) -> None:
+    events: list[segdl.Event] = []
     result = await segdl.download(
-        civitai.site.url("/models/1001"), source_env, civitai_token=TOKEN, options=FAST
+        civitai.site.url("/models/1001"),
+        source_env,
+        civitai_token=TOKEN,
+        options=FAST,
+        on_event=events.append,
     )
     assert hashlib.sha256(pathlib.Path(result.path).read_bytes()).hexdigest() == SHA
     refused = [r for r in civitai.storage.requests if r.status == 403]
     assert refused, "the links never expired: the test proves nothing"
+    # The user is told, once per fresh link, and no signed URL is shown.
+    told = [e.message for e in events if isinstance(e, segdl.Warned)]
+    assert told, "no renewal was reported"
+    assert len(told) == civitai.links_issued - 1, told
+    assert told[0] == "renewed the expiring download link from civitai; the download goes on"
     # One fresh link per expiry, shared by the connections (4 of them), not one each.
     assert civitai.links_issued - 1 <= len(refused)
     assert civitai.links_issued <= 12
@@ -139,8 +149,7 @@ async def test_a_stream_from_a_server_without_ranges_gets_a_fresh_link_when_it_i
                 versions=[CivitVersion(id=2002, name="v1", files=[whole])],
             )
         )
-        fake.link_lifetime = 0.3  # the first stream is cut at about 0.5 s (1 MiB/s)
-        fake.cut_after, fake.cuts_left = MIB // 2, 1
+        fake.cut_after, fake.cuts_left, fake.expire_on_cut = MIB // 2, 1, True
         monkeypatch.setenv("SEGDL_CIVITAI_URL", fake.base_url)
         result = await segdl.download(
             fake.site.url("/models/1001"), source_env, civitai_token=TOKEN, options=FAST

@@ -34,7 +34,7 @@ import httpx
 import trio
 
 from ..core.checksum import Checksum
-from ..core.events import Aborted, Failed, Progress, Started, Success
+from ..core.events import Aborted, Failed, Progress, Started, Success, Warned
 from ..core.headers import (
     MAX_PARTIAL_NAME_BYTES,
     choose_filename,
@@ -165,7 +165,7 @@ async def _download(request: DownloadRequest, emit: EventSink) -> Success:
             renew = None
             if plan.source != "direct" and primary < len(plan.urls):
                 # A link the site gave (signed for a while): asked for again when it expires.
-                renew = partial(_fresh_link, request, client, probed, plan)
+                renew = partial(_fresh_link, request, client, probed, plan, emit)
             # Steps after publishing, in order: the metadata files beside the model.
             after_publish: list[AfterPublish] = [
                 partial(_metadata_step, plan, files, client=client, emit=emit)
@@ -282,7 +282,11 @@ async def _metadata_step(
 
 
 async def _fresh_link(
-    request: DownloadRequest, client: httpx.AsyncClient, probed: ProbeResult, plan: DownloadPlan
+    request: DownloadRequest,
+    client: httpx.AsyncClient,
+    probed: ProbeResult,
+    plan: DownloadPlan,
+    emit: EventSink,
 ) -> ProbeResult:
     """Ask the site again for the file (its signed link expired) and check that the fresh
     link serves the same file: size, and ETag and sha256 where both sides know them.
@@ -305,6 +309,11 @@ async def _fresh_link(
             f"{plan.source}'s fresh link serves another file than the one being downloaded",
             url=renewed.url,
         )
+    emit(
+        Warned(
+            message=f"renewed the expiring download link from {plan.source}; the download goes on"
+        )
+    )
     return renewed
 
 

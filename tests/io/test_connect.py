@@ -8,6 +8,7 @@ where a test wants through :data:`segdl.io.connect.getaddrinfo`, which the tests
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 
 import segdl.io.connect as connect_module
 from segdl.core.destinations import DestinationPolicy
-from segdl.errors import DestinationRefused, NetworkError, Timeout
+from segdl.core.proxyrules import ProxySettings
+from segdl.errors import DestinationRefused, NetworkError, ProxyError, Timeout
 from segdl.io.connect import AbortSignal, Address, Connector, interleave_families
 
 PUBLIC_SERVER = DestinationPolicy(allow_internal=False)
@@ -263,3 +265,63 @@ def test_refused_addresses_are_skipped_and_allowed_ones_used(
             assert opened.sock.getpeername()[0] == "127.0.0.1"
         with pytest.raises(DestinationRefused, match=r"^refused to download from mixed\.test "):
             Connector(policy=PUBLIC_SERVER).open("http", "mixed.test", port, timeout=5)
+
+
+@contextlib.contextmanager
+def answering(reply: bytes | None) -> Iterator[int]:
+    """A one-connection "proxy" that reads what it is sent, then answers *reply* and closes
+    (None: says nothing and keeps the connection open); yields its port."""
+    with listening() as listener:
+        done = threading.Event()
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+                    if reply is not None:
+                        conn.sendall(reply)
+                        return
+                done.wait(5)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            done.set()
+            thread.join(5)
+
+
+def through(proxy: str) -> Connector:
+    return Connector(ProxySettings.from_strings(all_proxy=proxy))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "reply", "message"),
+    [
+        (
+            "http",
+            b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+            r"sent a malformed answer to CONNECT \(is it an HTTP proxy\?\)$",
+        ),
+        ("http", None, r"did not answer CONNECT in time$"),
+        (
+            "socks5h",
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+            r"sent an invalid SOCKS5 answer \(is it a SOCKS5 proxy\?\)$",
+        ),
+        ("socks5h", None, r"did not answer in time$"),
+        ("socks5h", b"\x05", r"failed: closed by the proxy$"),  # an answer cut short
+    ],
+)
+def test_a_proxy_that_answers_wrongly_is_one_proxy_error_line(
+    scheme: str, reply: bytes | None, message: str
+) -> None:
+    with answering(reply) as port, pytest.raises(ProxyError) as info:
+        through(f"{scheme}://127.0.0.1:{port}").open("https", "origin.test", 443, timeout=0.5)
+    # The proxy named (never a password: it has none here), then what went wrong.
+    named = rf"proxy {scheme}://127\.0\.0\.1:{port}"
+    assert re.match(rf"^(connection to )?{named} {message}", str(info.value)), info.value
+    assert "\n" not in str(info.value)

@@ -37,7 +37,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import h11
@@ -449,7 +449,13 @@ def _http_connect(
     authority = _display(host, port)
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_HEAD_LIMIT)
     headers = [("Host", authority), ("User-Agent", USER_AGENT), *proxy_headers(proxy).items()]
-    try:
+    with _speaking_to(
+        proxy,
+        url,
+        malformed=h11.ProtocolError,
+        what="a malformed answer to CONNECT (is it an HTTP proxy?)",
+        awaited="CONNECT ",
+    ):
         _remaining(sock, deadline)
         data = conn.send(h11.Request(method="CONNECT", target=authority, headers=headers))
         sock.sendall((data or b"") + (conn.send(h11.EndOfMessage()) or b""))
@@ -471,17 +477,6 @@ def _http_connect(
                 break
             else:
                 raise ProxyError(f"unexpected answer from proxy {proxy.display}", url=url)
-    except h11.ProtocolError as exc:
-        raise ProxyError(
-            f"proxy {proxy.display} sent a malformed answer to CONNECT (is it an HTTP proxy?)",
-            url=url,
-        ) from exc
-    except TimeoutError:
-        raise ProxyError(f"proxy {proxy.display} did not answer CONNECT in time", url=url) from None
-    except OSError as exc:
-        raise ProxyError(
-            f"connection to proxy {proxy.display} failed: {_reason(exc)}", url=url
-        ) from exc
     status = event.status_code
     if status == 407:
         raise proxy_auth_error(proxy, url)
@@ -560,7 +555,12 @@ def _socks5_connect(
     methods = [socksio.SOCKS5AuthMethod.NO_AUTH_REQUIRED]
     if proxy.has_credentials:
         methods.append(socksio.SOCKS5AuthMethod.USERNAME_PASSWORD)
-    try:
+    with _speaking_to(
+        proxy,
+        url,
+        malformed=socksio.ProtocolError,
+        what="an invalid SOCKS5 answer (is it a SOCKS5 proxy?)",
+    ):
         conn.send(socksio.SOCKS5AuthMethodsRequest(methods))
         _remaining(sock, deadline)
         sock.sendall(conn.data_to_send())
@@ -612,17 +612,6 @@ def _socks5_connect(
         else:
             raise socksio.ProtocolError("unknown address type")
         reply = conn.receive_data(head + rest) if rest else None
-    except socksio.ProtocolError as exc:
-        raise ProxyError(
-            f"proxy {proxy.display} sent an invalid SOCKS5 answer (is it a SOCKS5 proxy?)",
-            url=url,
-        ) from exc
-    except TimeoutError:
-        raise ProxyError(f"proxy {proxy.display} did not answer in time", url=url) from None
-    except OSError as exc:
-        raise ProxyError(
-            f"connection to proxy {proxy.display} failed: {_reason(exc)}", url=url
-        ) from exc
     code = reply.reply_code if isinstance(reply, socksio.SOCKS5Reply) else None
     if code == socksio.SOCKS5ReplyCode.SUCCEEDED:
         return
@@ -631,6 +620,32 @@ def _socks5_connect(
     if code in _SOCKS_RETRY_ANOTHER:
         raise _SocksUnreachable(error)
     raise error
+
+
+@contextlib.contextmanager
+def _speaking_to(
+    proxy: ProxyURL,
+    url: str | None,
+    *,
+    malformed: type[Exception],
+    what: str,
+    awaited: str = "",
+) -> Iterator[None]:
+    """One ProxyError line for whatever goes wrong in a handshake with *proxy*: an answer
+    its protocol library cannot read (*malformed*, described as *what*), silence past the
+    deadline, or the socket failing.  Our own ProxyErrors pass through."""
+    try:
+        yield
+    except malformed as exc:
+        raise ProxyError(f"proxy {proxy.display} sent {what}", url=url) from exc
+    except TimeoutError:
+        raise ProxyError(
+            f"proxy {proxy.display} did not answer {awaited}in time", url=url
+        ) from None
+    except OSError as exc:
+        raise ProxyError(
+            f"connection to proxy {proxy.display} failed: {_reason(exc)}", url=url
+        ) from exc
 
 
 def _reason(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ import itertools
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
@@ -113,8 +114,9 @@ class FakeCivitAI:
         self.link_lifetime: float | None = None
         #: Every storage response is cut after this many body bytes (a flaky long path).
         self.cut_after: int | None = None
-        #: How many storage responses are still cut (None: every one).
+        #: How many storage responses are still cut (None: every one), and which requests'.
         self.cuts_left: int | None = None
+        self.cut_if: Callable[[RequestInfo], bool] = lambda info: True
         #: A cut response outlives its link: every link handed out so far stops working.
         self.expire_on_cut = False
         #: The download endpoint answers 500 (the site cannot hand out a fresh link).
@@ -393,7 +395,7 @@ class FakeCivitAI:
         lifetime = self.link_lifetime
         if issued is None or (lifetime is not None and time.monotonic() - issued > lifetime):
             return text(403, "Request has expired")
-        if self.cut_after is not None and self.cuts_left != 0:
+        if self.cut_after is not None and self.cuts_left != 0 and self.cut_if(info):
             if self.cuts_left is not None:
                 self.cuts_left -= 1
             if self.expire_on_cut:

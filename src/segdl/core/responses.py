@@ -22,6 +22,7 @@ __all__ = [
     "FirstAnswer",
     "ResponseHead",
     "check_first_response",
+    "check_probe_status",
     "check_range_response",
     "check_stream_response",
 ]
@@ -143,6 +144,38 @@ class FirstAnswer:
     body_usable: bool
 
 
+def check_probe_status(
+    status: int,
+    reason: str,
+    *,
+    content_range: str | None,
+    retry_after: str | None,
+    url: str,
+    host: str,
+    now: float,
+) -> bool:
+    """What a probe's status says, read the same by both probes (the data plane's first
+    request and the control plane's): True when the file is empty.
+
+    Raises:
+        HTTPStatusError: an error status (416 only when the file is not empty).
+        BadResponse: anything but 200 and 206.
+    """
+    # An empty file cannot satisfy any range: 416 with "bytes */0" (RFC 9110 §15.5.17).
+    if status == 416 and (content_range or "").replace(" ", "").lower() == "bytes*/0":
+        return True
+    if status >= 400:
+        raise status_error(
+            status,
+            reason,
+            url=url,
+            retry_after=parse_retry_after(retry_after, now=now) if retry_after else None,
+        )
+    if status not in (200, 206):
+        raise BadResponse(f"unexpected HTTP {status} from {host}", url=url)
+    return False
+
+
 def check_first_response(
     head: ResponseHead, *, first: int, last: int, url: str, host: str, now: float
 ) -> FirstAnswer:
@@ -158,20 +191,17 @@ def check_first_response(
         BadResponse: any other status, or a 206 that is not the bytes asked for.
     """
     status = head.status
-    # An empty file cannot satisfy any range: 416 with "bytes */0" (RFC 9110 §15.5.17).
-    raw_range = head.headers.get("content-range", "").replace(" ", "").lower()
-    if status == 416 and raw_range == "bytes*/0":
+    empty = check_probe_status(
+        status,
+        head.reason,
+        content_range=head.headers.get("content-range"),
+        retry_after=head.headers.get("retry-after"),
+        url=url,
+        host=host,
+        now=now,
+    )
+    if empty:
         return FirstAnswer(0, False, 0, 0, False)
-    if status >= 400:
-        retry = head.headers.get("retry-after")
-        raise status_error(
-            status,
-            head.reason,
-            url=url,
-            retry_after=parse_retry_after(retry, now=now) if retry else None,
-        )
-    if status not in (200, 206):
-        raise BadResponse(f"unexpected HTTP {status} from {host}", url=url)
     if status == 200:
         encoded = head.headers.get("content-encoding", "identity").lower() not in ("", "identity")
         size = None if encoded else head.content_length

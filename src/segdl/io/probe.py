@@ -29,8 +29,8 @@ from ..core.headers import (
     HeaderError,
     parse_content_length,
     parse_content_range,
-    parse_retry_after,
 )
+from ..core.responses import check_probe_status
 from ..core.urls import HttpURL
 from ..errors import (
     BadResponse,
@@ -38,7 +38,6 @@ from ..errors import (
     NetworkError,
     Timeout,
     redact_url,
-    status_error,
 )
 from .remote import (
     MAX_REDIRECTS,
@@ -166,19 +165,17 @@ def _result(
 ) -> ProbeResult:
     status = response.status_code
     h = response.headers
-    # An empty file answers bytes=0-0 with 416 and "bytes */0".
-    if status == 416 and h.get("content-range", "").replace(" ", "").lower() == "bytes*/0":
+    empty = check_probe_status(
+        status,
+        response.reason_phrase,
+        content_range=h.get("content-range"),
+        retry_after=h.get("retry-after"),
+        url=url,
+        host=_host(url),
+        now=now,
+    )
+    if empty:
         return ProbeResult(url=url, size=0, accepts_ranges=False, headers=headers)
-    if status >= 400:
-        retry = h.get("retry-after")
-        raise status_error(
-            status,
-            response.reason_phrase,
-            url=url,
-            retry_after=parse_retry_after(retry, now=now) if retry else None,
-        )
-    if status not in (200, 206):
-        raise BadResponse(f"unexpected HTTP {status} from {_host(url)}", url=url)
     size: int | None
     try:
         if status == 206:

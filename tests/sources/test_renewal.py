@@ -76,7 +76,9 @@ async def test_an_expiring_link_is_renewed_mid_download(
     # The user is told, once per fresh link, and no signed URL is shown.
     told = [e.message for e in events if isinstance(e, segdl.Warned)]
     assert told, "no renewal was reported"
-    assert len(told) == civitai.links_issued - 1, told
+    # At most one per link the site handed out after the first (a fresh link whose own
+    # probe fails is asked for again, unreported).
+    assert len(told) <= civitai.links_issued - 1, told
     assert told[0] == "renewed the expiring download link from civitai; the download goes on"
     # One fresh link per expiry, shared by the connections (4 of them), not one each.
     assert civitai.links_issued - 1 <= len(refused)

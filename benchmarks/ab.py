@@ -20,7 +20,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,10 +36,10 @@ from wan import (
     served_bytes,
     wait_for_quiet,
     wan_relay,
+    workspace,
 )
 
 from segdl.testing.nginx import Nginx
-from segdl.testing.tls import make_self_signed
 
 BEFORE = "segdl-before"
 AFTER = "segdl"
@@ -237,41 +236,22 @@ def main() -> None:
         TOOLS.remove(BEFORE)
     chosen = [c.strip() for c in args.scenarios.split(",") if c.strip()]
     sections: list[tuple[str, list[str]]] = []
-    with (
-        tempfile.TemporaryDirectory(dir=args.dest) as dest,
-        tempfile.TemporaryDirectory() as scratch,
-    ):
-        work = Path(scratch)
-        ws = Workspace(
-            root=Path(dest) / "www",
-            out=Path(dest) / "out",
-            work=work,
-            pair=make_self_signed(work / "tls"),
-        )
-        ws.root.mkdir()
-        with Nginx(
-            ws.root,
-            certfile=ws.pair.certfile,
-            keyfile=ws.pair.keyfile,
-            workers=2,
-            access_log=False,
-            workdir=work / "nginx",
-        ) as ng:
-            for scenario in chosen:
-                if scenario.startswith("wan"):
-                    size = int(scenario[3:]) * MIB
-                    sections.append((scenario, run_wan(ws, ng, size, args.reps, args.before)))
-                elif scenario == "limit":
-                    sections.append((scenario, run_limit(ws, args.reps, args.before)))
-                elif scenario == "crawl":
-                    rows = run_crawl(ws, ng, args.reps, args.before, args.crawl_timeout)
-                    sections.append((scenario, rows))
-                elif scenario == "cpu":
-                    sections.append((scenario, run_cpu(ws, ng, args.reps, args.before)))
-                elif scenario == "resume":
-                    sections.append((scenario, run_resume(ws, args.reps, args.before, args.seed)))
-                else:
-                    raise SystemExit(f"unknown scenario {scenario}")
+    with workspace(Path(args.dest)) as (ws, ng):
+        for scenario in chosen:
+            if scenario.startswith("wan"):
+                size = int(scenario[3:]) * MIB
+                sections.append((scenario, run_wan(ws, ng, size, args.reps, args.before)))
+            elif scenario == "limit":
+                sections.append((scenario, run_limit(ws, args.reps, args.before)))
+            elif scenario == "crawl":
+                rows = run_crawl(ws, ng, args.reps, args.before, args.crawl_timeout)
+                sections.append((scenario, rows))
+            elif scenario == "cpu":
+                sections.append((scenario, run_cpu(ws, ng, args.reps, args.before)))
+            elif scenario == "resume":
+                sections.append((scenario, run_resume(ws, args.reps, args.before, args.seed)))
+            else:
+                raise SystemExit(f"unknown scenario {scenario}")
     for title, lines in sections:
         print(f"#### {title}\n")
         print("\n".join(lines))

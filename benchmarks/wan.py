@@ -125,6 +125,33 @@ class Workspace:
             raise RuntimeError(f"{label}: wrong content")
 
 
+@contextlib.contextmanager
+def workspace(dest: Path) -> Iterator[tuple[Workspace, Nginx]]:
+    """Served files and downloads under *dest*, scratch elsewhere, and the shared nginx
+    (HTTPS, no access log) that serves them; all removed afterwards."""
+    with (
+        tempfile.TemporaryDirectory(dir=dest) as served,
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        work = Path(scratch)
+        ws = Workspace(
+            root=Path(served) / "www",
+            out=Path(served) / "out",
+            work=work,
+            pair=make_self_signed(work / "tls"),
+        )
+        ws.root.mkdir()
+        with Nginx(
+            ws.root,
+            certfile=ws.pair.certfile,
+            keyfile=ws.pair.keyfile,
+            workers=2,
+            access_log=False,
+            workdir=work / "nginx",
+        ) as ng:
+            yield ws, ng
+
+
 # ---- the tools, as users run them
 
 
@@ -675,51 +702,31 @@ def main() -> None:
     s = settings_from(args)
     progress = Progress(total=max(1, steps(chosen, s)))
     sections: list[tuple[str, list[str]]] = []
-    with (
-        tempfile.TemporaryDirectory(dir=args.dest) as dest,
-        tempfile.TemporaryDirectory() as scratch,
-    ):
-        work = Path(scratch)
-        ws = Workspace(
-            root=Path(dest) / "www",
-            out=Path(dest) / "out",
-            work=work,
-            pair=make_self_signed(work / "tls"),
-        )
-        ws.root.mkdir()
-        shared = Nginx(
-            ws.root,
-            certfile=ws.pair.certfile,
-            keyfile=ws.pair.keyfile,
-            workers=2,
-            access_log=False,
-            workdir=work / "nginx",
-        )
-        with shared as ng:
-            for scenario in chosen:
-                if scenario == "wan":
-                    sections.append(("WAN-like path", scenario_wan(ws, ng, s, progress)))
-                elif scenario == "limit":
-                    sections.append(("Per-connection cap", scenario_limit(ws, s, progress)))
-                elif scenario == "crawl":
-                    title = (
-                        f"A crawling connection ({human(s.crawl_size)}, 16 × "
-                        f"{s.crawl_rate / MIB:g} MiB/s, one at 8 KiB/s)"
-                    )
-                    sections.append((title, scenario_crawl(ws, ng, s, progress)))
-                elif scenario == "resume":
-                    title = (
-                        f"Kill and resume ({human(s.resume_size)}, 2 MiB/s per connection, "
-                        f"{s.resume_kills} SIGKILLs at 0.3–1.5 s)"
-                    )
-                    sections.append((title, scenario_resume(ws, s, progress)))
-                elif scenario == "ttfr":
-                    sections.append(("Time to first request", scenario_ttfr(ws, s, progress)))
-                elif scenario == "cpu":
-                    title = f"CPU per GiB, loopback HTTPS into tmpfs ({human(s.cpu_size)})"
-                    sections.append((title, scenario_cpu(ws, s, progress)))
-                elif scenario == "imports":
-                    sections.append(("Imports of `segdl get`", scenario_imports(s.reps)))
+    with workspace(Path(args.dest)) as (ws, ng):
+        for scenario in chosen:
+            if scenario == "wan":
+                sections.append(("WAN-like path", scenario_wan(ws, ng, s, progress)))
+            elif scenario == "limit":
+                sections.append(("Per-connection cap", scenario_limit(ws, s, progress)))
+            elif scenario == "crawl":
+                title = (
+                    f"A crawling connection ({human(s.crawl_size)}, 16 × "
+                    f"{s.crawl_rate / MIB:g} MiB/s, one at 8 KiB/s)"
+                )
+                sections.append((title, scenario_crawl(ws, ng, s, progress)))
+            elif scenario == "resume":
+                title = (
+                    f"Kill and resume ({human(s.resume_size)}, 2 MiB/s per connection, "
+                    f"{s.resume_kills} SIGKILLs at 0.3–1.5 s)"
+                )
+                sections.append((title, scenario_resume(ws, s, progress)))
+            elif scenario == "ttfr":
+                sections.append(("Time to first request", scenario_ttfr(ws, s, progress)))
+            elif scenario == "cpu":
+                title = f"CPU per GiB, loopback HTTPS into tmpfs ({human(s.cpu_size)})"
+                sections.append((title, scenario_cpu(ws, s, progress)))
+            elif scenario == "imports":
+                sections.append(("Imports of `segdl get`", scenario_imports(s.reps)))
     sys.stderr.write("\n")
     print(
         f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end, "

@@ -117,15 +117,7 @@ def run_limit(ws: Workspace, reps: int, before: str) -> list[str]:
     size = 256 * MIB
     name = ws.file_for(size)
     table = Table()
-    with Nginx(
-        ws.root,
-        certfile=ws.pair.certfile,
-        keyfile=ws.pair.keyfile,
-        workers=2,
-        access_log=False,
-        limit_rate="8m",
-        workdir=ws.work / "nginx-limit",
-    ) as ng:
+    with ws.nginx("limit", limit_rate="8m") as ng:
         for rep in range(reps):
             for tool in rotate(TOOLS, rep):
                 out = ws.fresh_out()
@@ -169,15 +161,7 @@ def run_resume(ws: Workspace, reps: int, before: str, seed: int) -> list[str]:
     size = 256 * MIB
     name = ws.file_for(size)
     table = Table()
-    with Nginx(
-        ws.root,
-        certfile=ws.pair.certfile,
-        keyfile=ws.pair.keyfile,
-        workers=2,
-        limit_rate="2m",
-        log_format=LOG_FORMAT,
-        workdir=ws.work / "nginx-resume",
-    ) as ng:
+    with ws.nginx("resume", limit_rate="2m", log_format=LOG_FORMAT) as ng:
         for rep in range(reps):
             rng = random.Random(seed + rep)
             kill_after = [rng.uniform(0.3, 1.5) for _ in range(5)]

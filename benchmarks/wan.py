@@ -117,6 +117,22 @@ class Workspace:
         self.out.mkdir()
         return self.out
 
+    def nginx(
+        self, label: str, *, limit_rate: str | None = None, log_format: str | None = None
+    ) -> Nginx:
+        """An nginx serving ``root`` over HTTPS with this workspace's certificate, logging
+        requests only when given a *log_format*, its files under ``work/nginx-LABEL``."""
+        return Nginx(
+            self.root,
+            certfile=self.pair.certfile,
+            keyfile=self.pair.keyfile,
+            workers=2,
+            access_log=log_format is not None,
+            log_format=log_format,
+            limit_rate=limit_rate,
+            workdir=self.work / f"nginx-{label}",
+        )
+
     def check(self, label: str, name: str, size: int) -> None:
         got = self.out / name
         if not got.exists() or got.stat().st_size != size:
@@ -141,14 +157,7 @@ def workspace(dest: Path) -> Iterator[tuple[Workspace, Nginx]]:
             pair=make_self_signed(work / "tls"),
         )
         ws.root.mkdir()
-        with Nginx(
-            ws.root,
-            certfile=ws.pair.certfile,
-            keyfile=ws.pair.keyfile,
-            workers=2,
-            access_log=False,
-            workdir=work / "nginx",
-        ) as ng:
+        with ws.nginx("shared") as ng:
             yield ws, ng
 
 
@@ -357,15 +366,7 @@ def scenario_wan(ws: Workspace, ng: Nginx, s: Settings, progress: Progress) -> l
 def scenario_limit(ws: Workspace, s: Settings, progress: Progress) -> list[str]:
     name = ws.file_for(s.limit_size)
     lines = list(TIMED_HEADER)
-    with Nginx(
-        ws.root,
-        certfile=ws.pair.certfile,
-        keyfile=ws.pair.keyfile,
-        workers=2,
-        access_log=False,
-        limit_rate=s.limit_rate,
-        workdir=ws.work / "nginx-limit",
-    ) as ng:
+    with ws.nginx("limit", limit_rate=s.limit_rate) as ng:
         timed = Timed()
         for rep in range(s.reps):
             for tool in alternate([SEGDL, ARIA2C], rep):
@@ -455,15 +456,7 @@ def served_bytes(log: Path, offset: int) -> tuple[int, int]:
 def scenario_resume(ws: Workspace, s: Settings, progress: Progress) -> list[str]:
     name = ws.file_for(s.resume_size)
     results: dict[str, list[tuple[float, int, bool, float]]] = {}
-    with Nginx(
-        ws.root,
-        certfile=ws.pair.certfile,
-        keyfile=ws.pair.keyfile,
-        workers=2,
-        limit_rate="2m",
-        log_format=LOG_FORMAT,
-        workdir=ws.work / "nginx-resume",
-    ) as ng:
+    with ws.nginx("resume", limit_rate="2m", log_format=LOG_FORMAT) as ng:
         for rep in range(s.reps):
             rng = random.Random(s.seed + rep)
             kill_after = [rng.uniform(0.3, 1.5) for _ in range(s.resume_kills)]
@@ -514,14 +507,7 @@ def scenario_ttfr(ws: Workspace, s: Settings, progress: Progress) -> list[str]:
     name = ws.file_for(s.ttfr_size)
     firsts: dict[str, list[float]] = {}
     walls: dict[str, list[float]] = {}
-    with Nginx(
-        ws.root,
-        certfile=ws.pair.certfile,
-        keyfile=ws.pair.keyfile,
-        workers=2,
-        log_format=LOG_FORMAT,
-        workdir=ws.work / "nginx-ttfr",
-    ) as ng:
+    with ws.nginx("ttfr", log_format=LOG_FORMAT) as ng:
         for rep in range(max(s.reps, 5)):
             for tool in alternate([SEGDL, ARIA2C, CURL], rep):
                 out = ws.fresh_out()
@@ -555,14 +541,7 @@ def scenario_ttfr(ws: Workspace, s: Settings, progress: Progress) -> list[str]:
 def scenario_cpu(ws: Workspace, s: Settings, progress: Progress) -> list[str]:
     name = ws.file_for(s.cpu_size)
     timed = Timed()
-    with Nginx(
-        ws.root,
-        certfile=ws.pair.certfile,
-        keyfile=ws.pair.keyfile,
-        workers=2,
-        access_log=False,
-        workdir=ws.work / "nginx-cpu",
-    ) as ng:
+    with ws.nginx("cpu") as ng:
         for rep in range(s.reps):
             for tool in alternate([SEGDL, ARIA2C, CURL], rep):
                 out = ws.fresh_out()
